@@ -13,7 +13,8 @@ from lpft.vision.data.base import (
     load_split,
     register_benchmark,
 )
-from lpft.vision.data import digits  # noqa: F401  (registers "digits")
+# Importing each module registers its benchmarks (order = order of `list_benchmarks()`).
+from lpft.vision.data import digits, breeds, domainnet, cifar, fmow, imagenet  # noqa: F401,E402
 
 __all__ = [
     "BENCHMARKS",
