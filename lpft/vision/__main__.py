@@ -1,0 +1,4 @@
+from lpft.vision.run import main
+
+if __name__ == "__main__":
+    main()

