@@ -86,6 +86,8 @@ class Benchmark:
     how_to_get: str = ""
     #: False for benchmarks that need no data root (the offline ``digits``)
     needs_root: bool = True
+    #: extra reported metrics: name -> eval splits whose metric is averaged (domainnet: ``ood_avg``)
+    split_averages: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self):
         for s in ID_SPLITS:
@@ -94,6 +96,10 @@ class Benchmark:
         bad = {k: v for k, v in self.splits.items() if v not in SPLIT_SHIFTS}
         if bad:
             raise ValueError(f"benchmark {self.name}: shifts must be 'id' or 'ood', got {bad}")
+        for avg, members in self.split_averages.items():
+            unknown = [m for m in members if m not in self.splits]
+            if unknown or avg in self.splits:
+                raise ValueError(f"benchmark {self.name}: split average {avg!r} must name existing splits, got {members}")
 
     @property
     def num_classes(self) -> int:
