@@ -1,0 +1,265 @@
+"""Figures from ``records.jsonl`` only (matplotlib, PNG and PDF, no pyplot global state).
+
+For each (benchmark, backbone) found under the runs directory:
+
+* ``<bench>-<backbone>-id_vs_ood``: ID (``id_test``) vs OOD accuracy per OOD split (and their average),
+  each method at its ID-val-selected learning rate (mean +- 90% interval over seeds, seeds faint), and
+  the WiSE-FT curve over alpha (Wortsman et al. 2022, Fig. 1);
+* ``<bench>-<backbone>-effective_robustness``: the same on logit-scaled axes with a linear fit (in logit
+  space) through every baseline run (zero-shot, LP, FT, LP-FT, all learning rates and seeds) when at
+  least 3 points exist; effective robustness = OOD accuracy above that line (Taori et al. 2020, as used
+  by WiSE-FT);
+* ``<bench>-<backbone>-acc_vs_alpha``: accuracy vs the WiSE-FT mixing coefficient;
+* ``<bench>-<backbone>-feature_distortion``: feature change from the pretrained backbone (mean squared
+  change and cosine similarity) for FT vs LP-FT on ID and OOD splits (Kumar et al. 2022, Sec. 4.3).
+
+``python -m lpft.vision.plot --runs DIR --out DIR`` writes them and prints the paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+from lpft.vision.io import atomic_path
+from lpft.vision.table import (
+    Series,
+    _per_seed,
+    aggregate,
+    build_series,
+    columns,
+    final_records,
+    load_records,
+    ood_splits,
+    select_lr,
+)
+
+COLORS = {"zeroshot": "tab:gray", "lp": "tab:blue", "ft": "tab:red", "lpft": "tab:green", "wiseft": "tab:purple"}
+EPS = 1e-3  # accuracies are clipped to [EPS, 1 - EPS] on logit axes
+LOGIT_TICKS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+def save_figure(fig: Figure, stem: str | os.PathLike) -> list[Path]:
+    """Write ``fig`` as ``<stem>.png`` (150 dpi) and ``<stem>.pdf``, atomically; return both paths."""
+    out = []
+    for ext in ("png", "pdf"):
+        path = Path(f"{stem}.{ext}")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
+        out.append(path)
+    return out
+
+
+def _mean_ci(vals: dict[int, float]):
+    a = aggregate(list(vals.values()))
+    return a.mean, (a.ci or 0.0)
+
+
+def _points(s: Series, lr, alpha, split: str, oods: Sequence[str]):
+    """(seeds' ID values, seeds' values on ``split``) for seeds having both."""
+    idv = _per_seed(s, lr, alpha, "id_test", oods)
+    ov = _per_seed(s, lr, alpha, split, oods)
+    seeds = sorted(set(idv) & set(ov))
+    return {k: idv[k] for k in seeds}, {k: ov[k] for k in seeds}
+
+
+def _logit(p):
+    p = np.clip(np.asarray(p, dtype=float), EPS, 1 - EPS)
+    return np.log(p / (1 - p))
+
+
+def _draw_scatter(ax, group: Sequence[Series], split: str, oods: Sequence[str], logit: bool) -> None:
+    base_x, base_y = [], []
+    for s in group:
+        lr_sel, _ = select_lr(s)
+        color = COLORS.get(s.method, "black")
+        if s.method == "wiseft":
+            alphas = [a for a in s.alphas(lr_sel) if a is not None]
+            xs, ys, shown = [], [], []
+            for a in alphas:
+                ix, ox = _points(s, lr_sel, a, split, oods)
+                if ix:
+                    xs.append(statistics.fmean(ix.values()))
+                    ys.append(statistics.fmean(ox.values()))
+                    shown.append(a)
+            if xs:
+                ls = "--" if s.bn_stats == "interpolated" else "-"
+                ax.plot(xs, ys, ls, color=color, marker=".", label=f"{s.label} (α 0→1)")
+                for a, x, y in zip(shown, xs, ys):
+                    if a in (0.0, 0.5, 1.0):
+                        ax.annotate(f"α={a:g}", (x, y), textcoords="offset points", xytext=(4, -8), fontsize=7)
+            continue
+        for lr in s.lrs:  # every run of a baseline method feeds the fit
+            ix, ox = _points(s, lr, None, split, oods)
+            base_x += list(ix.values())
+            base_y += list(ox.values())
+            if lr != lr_sel:
+                ax.scatter(list(ix.values()), list(ox.values()), s=8, color=color, alpha=0.25, linewidths=0)
+        ix, ox = _points(s, lr_sel, None, split, oods)
+        if not ix:
+            continue
+        ax.scatter(list(ix.values()), list(ox.values()), s=10, color=color, alpha=0.4, linewidths=0)
+        (mx, cx), (my, cy) = _mean_ci(ix), _mean_ci(ox)
+        ax.errorbar([mx], [my], xerr=[cx], yerr=[cy], fmt="o", color=color, ms=6, capsize=2, label=s.label)
+    if logit:
+        for axis, setter in ((ax.xaxis, ax.set_xscale), (ax.yaxis, ax.set_yscale)):
+            setter("logit")
+            axis.set_major_locator(FixedLocator(LOGIT_TICKS))
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:g}%"))
+            axis.set_minor_locator(NullLocator())
+            axis.set_minor_formatter(NullFormatter())
+        pts = [(x, y) for x, y in zip(base_x, base_y)]
+        if len(pts) >= 3 and len({round(x, 9) for x, _ in pts}) >= 2:
+            lx, ly = _logit([p[0] for p in pts]), _logit([p[1] for p in pts])
+            slope, icpt = np.polyfit(lx, ly, 1)
+            grid = np.linspace(lx.min() - 0.5, lx.max() + 0.5, 50)
+            ax.plot(1 / (1 + np.exp(-grid)), 1 / (1 + np.exp(-(slope * grid + icpt))), ":", color="black",
+                    lw=1, label=f"baseline fit (logit, n={len(pts)})")
+    lo = min([v for v in ax.get_xlim() + ax.get_ylim()])
+    hi = max([v for v in ax.get_xlim() + ax.get_ylim()])
+    if not logit:
+        ax.plot([lo, hi], [lo, hi], color="0.8", lw=0.8, zorder=0)
+    ax.set_xlabel("ID accuracy (id_test)")
+    ax.set_ylabel(f"OOD accuracy ({split})")
+    ax.grid(alpha=0.3)
+
+
+def _scatter_figure(title: str, group: Sequence[Series], logit: bool) -> Figure | None:
+    oods = ood_splits(group)
+    panels = [c for c in columns(group) if c != "id_test"]
+    if not panels:
+        return None
+    fig = Figure(figsize=(4.2 * len(panels), 4.0), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, split in zip(axes, panels):
+        _draw_scatter(ax, group, split, oods, logit)
+    axes[0].legend(fontsize=7, loc="best")
+    fig.suptitle(title)
+    return fig
+
+
+def _alpha_figure(title: str, group: Sequence[Series]) -> Figure | None:
+    wise = [s for s in group if s.method == "wiseft"]
+    if not wise:
+        return None
+    oods = ood_splits(group)
+    fig = Figure(figsize=(5.0 * len(wise), 4.0), layout="constrained")
+    axes = fig.subplots(1, len(wise), squeeze=False)[0]
+    for ax, s in zip(axes, wise):
+        lr = select_lr(s)[0]
+        alphas = [a for a in s.alphas(lr) if a is not None]
+        for c in columns(group):
+            xs, ms, cs = [], [], []
+            for a in alphas:
+                v = _per_seed(s, lr, a, c, oods)
+                if v:
+                    m, ci = _mean_ci(v)
+                    xs.append(a), ms.append(m), cs.append(ci)
+            if not xs:
+                continue
+            ms_a, cs_a = np.array(ms), np.array(cs)
+            style = "-" if c == "id_test" else ("--" if c == "ood_avg" else ":")
+            ax.plot(xs, ms_a, style, marker=".", label=c)
+            ax.fill_between(xs, ms_a - cs_a, ms_a + cs_a, alpha=0.15)
+        ax.axvline(0.5, color="0.7", lw=0.8)
+        ax.set_xlabel("α  (0 = θ₀, 1 = fine-tuned)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{s.label}, lr {lr:g}" if lr is not None else s.label, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return fig
+
+
+def _distortion_figure(title: str, records: Sequence[dict[str, Any]], group: Sequence[Series]) -> Figure | None:
+    bench, bb = group[0].benchmark, group[0].backbone
+    selected = {s.method: select_lr(s)[0] for s in group if s.bn_stats is None}
+    metrics = [("feature_sq_change", "mean squared feature change"), ("feature_cosine", "mean cosine similarity")]
+    data: dict[str, dict[str, dict[str, dict[int, float]]]] = {}  # metric -> method -> split -> seed -> value
+    shifts: dict[str, str] = {}
+    for metric, _ in metrics:
+        for r in final_records(records, metric):
+            if r["benchmark"] != bench or r["backbone"] != bb or r["method"] not in ("ft", "lpft"):
+                continue
+            lr = r.get("lr")
+            if r["method"] in selected and lr != selected[r["method"]]:
+                continue  # only the model at the learning rate the table reports
+            data.setdefault(metric, {}).setdefault(r["method"], {}).setdefault(r["eval_split"], {})[r["seed"]] = r["value"]
+            shifts[r["eval_split"]] = r["shift"]
+    if not data:
+        return None
+    splits = sorted(shifts, key=lambda s: (shifts[s] != "id", s))
+    fig = Figure(figsize=(4.5 * len(data), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(data), squeeze=False)[0]
+    for ax, (metric, label) in zip(axes, [m for m in metrics if m[0] in data]):
+        methods = [m for m in ("ft", "lpft") if m in data[metric]]
+        width = 0.8 / max(len(methods), 1)
+        for j, m in enumerate(methods):
+            xs, ms, cs = [], [], []
+            for i, sp in enumerate(splits):
+                v = data[metric][m].get(sp)
+                if v:
+                    mean, ci = _mean_ci(v)
+                    xs.append(i + (j - (len(methods) - 1) / 2) * width), ms.append(mean), cs.append(ci)
+            ax.bar(xs, ms, width, yerr=cs, capsize=2, color=COLORS[m], label=m)
+        ax.set_xticks(range(len(splits)))
+        ax.set_xticklabels([f"{s}\n({shifts[s].upper()})" for s in splits], fontsize=7)
+        ax.set_ylabel(label)
+        if metric == "feature_sq_change" and all(v > 0 for m in data[metric].values() for d in m.values()
+                                                 for v in d.values()):
+            ax.set_yscale("log")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(title)
+    return fig
+
+
+def make_plots(records: Sequence[dict[str, Any]], out_dir: str | os.PathLike) -> list[Path]:
+    """Write every figure the records support into ``out_dir``; return the written paths (PNG and PDF)."""
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    groups = build_series(records)
+    for (bench, bb), group in groups.items():
+        title = f"{bench} / {bb}"
+        stem = out_dir / f"{bench}-{bb}"
+        figs = {
+            "id_vs_ood": _scatter_figure(title, group, logit=False),
+            "effective_robustness": _scatter_figure(title + " (logit axes)", group, logit=True),
+            "acc_vs_alpha": _alpha_figure(title, group),
+            "feature_distortion": _distortion_figure(title, records, group),
+        }
+        for name, fig in figs.items():
+            if fig is not None:
+                written += save_figure(fig, f"{stem}-{name}")
+    return written
+
+
+def plot_runs(runs: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+    """Read every ``records.jsonl`` under ``runs`` and write the figures into ``out_dir``."""
+    return make_plots(load_records(runs), out_dir)
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    """CLI: ``python -m lpft.vision.plot --runs DIR --out DIR``; prints each written path."""
+    ap = argparse.ArgumentParser(prog="python -m lpft.vision.plot", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", default="runs", help="directory holding <run_id>/records.jsonl")
+    ap.add_argument("--out", default="figures/vision", help="where to write the figures")
+    args = ap.parse_args(argv)
+    paths = plot_runs(args.runs, args.out)
+    if not paths:
+        print(f"no figure: the records under {args.runs} have no id_test + OOD accuracies")
+    for p in paths:
+        print(p)
+    return paths
+
+
+if __name__ == "__main__":
+    main()
