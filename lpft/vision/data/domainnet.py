@@ -104,6 +104,8 @@ class DomainNetBenchmark(Benchmark):
                 f"the {len(rows):,} images listed in {fname} under {base}",
                 f"{len(missing):,} missing, found {len(rows) - len(missing):,} of {len(rows):,}; "
                 f"e.g. {base / missing[0]} (is {base / domain}/ extracted from {domain}.zip?)",
+                found=len(rows) - len(missing),
+                expected=len(rows),
             )
         samples = [(str(base / rel), y) for rel, y in rows]
         info: dict = {}

@@ -1,0 +1,60 @@
+"""Command line: ``python -m lpft.vision.data {download,check,list} ...``.
+
+* ``download NAME --root DIR``: fetch a benchmark's (or one dataset's) public data into DIR, resumably and
+  checksum-verified, or print what to fetch by hand (ImageNet, ObjectNet).
+* ``check --root DIR [--benchmark NAME ...]``: per benchmark and split, found / missing / incomplete with
+  image counts against the official ones. Exit status 0 when every checked split is found, else 1.
+* ``list``: benchmarks with their splits, and downloadable datasets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lpft.vision.data import get_benchmark, list_benchmarks
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    from lpft.vision.data import download as dl
+    from lpft.vision.data.check import check_root, format_report
+
+    p = argparse.ArgumentParser(prog="python -m lpft.vision.data", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("download", help="fetch a benchmark's or dataset's data into --root")
+    d.add_argument("name", help=f"benchmark ({', '.join(dl.BENCHMARK_DATASETS)}) or dataset ({', '.join(dl.DATASETS)})")
+    d.add_argument("--root", required=True, help="the data root (the runner's --data-root)")
+    d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--keep-archives", action="store_true", help="keep the archives in DIR/.downloads after extraction")
+    c = sub.add_parser("check", help="report what is present under --root")
+    c.add_argument("--root", required=True)
+    c.add_argument("--benchmark", action="append", help="only these benchmarks (repeatable)")
+    sub.add_parser("list", help="list benchmarks and datasets")
+    args = p.parse_args(argv)
+
+    if args.cmd == "list":
+        for n in list_benchmarks():
+            b = get_benchmark(n)
+            print(f"{n}: {b.num_classes} classes; splits " + ", ".join(f"{s} ({sh})" for s, sh in b.splits.items()))
+        print("datasets: " + ", ".join(dl.DATASETS))
+        return 0
+    if args.cmd == "download":
+        try:
+            dl.download(args.name, args.root, progress=not args.no_progress, keep_archives=args.keep_archives)
+        except (ValueError, ImportError, OSError, dl.ChecksumError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"next: python -m lpft.vision.data check --root {args.root}")
+        return 0
+    try:
+        rows = check_root(args.root, args.benchmark)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(format_report(rows))
+    return 0 if all(r.status == "found" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""``python -m lpft.vision.data check --root DIR``: what is present, per benchmark and split.
+
+Each split is opened exactly as a run would open it (no image is decoded) and its image count is compared
+with the official one: ``found`` (count reached, or no official count), ``incomplete`` (files or class
+folders missing, or fewer images than official), ``missing`` (not there at all), ``error`` (present but
+malformed, e.g. a bad split file).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from lpft.vision.data.base import DatasetNotFoundError, get_benchmark, list_benchmarks
+from lpft.vision.data.folders import DatasetIncompleteError, cached_listings
+
+
+@dataclass
+class SplitStatus:
+    """The state of one split under a root."""
+
+    benchmark: str
+    split: str
+    status: str  # found | incomplete | missing | error
+    found: int | None
+    expected: int | None
+    detail: str = ""
+
+
+def official_counts(name: str) -> dict[str, int | None]:
+    """Official image count per split of benchmark ``name`` (empty when unknown)."""
+    from lpft.vision.data import breeds, cifar, domainnet, imagenet
+
+    if name in ("living17", "entity30"):
+        return breeds.official_counts(name)
+    table = {"imagenet": imagenet.official_counts, "domainnet": domainnet.official_counts, "cifar10": cifar.official_counts}
+    return table[name]() if name in table else {}
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def check_root(root, names: Iterable[str] | None = None) -> list[SplitStatus]:
+    """Status of every split of the benchmarks ``names`` (default: all that need a data root)."""
+    from lpft.vision.data.fmow import WildsMissingError
+
+    out: list[SplitStatus] = []
+    names = list(names) if names is not None else [n for n in list_benchmarks() if get_benchmark(n).needs_root]
+    with cached_listings():
+        for name in names:
+            bench = get_benchmark(name)
+            counts = official_counts(name)
+            for split in bench.splits:
+                exp = counts.get(split)
+                try:
+                    n = len(bench.load(root, split))
+                except WildsMissingError as e:
+                    out.append(SplitStatus(name, split, "missing", None, exp, _first_line(e)))
+                except DatasetIncompleteError as e:
+                    out.append(SplitStatus(name, split, "incomplete", e.found, exp, _first_line(e)))
+                except DatasetNotFoundError as e:
+                    out.append(SplitStatus(name, split, "missing", None, exp, _first_line(e)))
+                except (ValueError, OSError) as e:
+                    out.append(SplitStatus(name, split, "error", None, exp, _first_line(e)))
+                else:
+                    status = "found" if exp is None or n >= exp else "incomplete"
+                    detail = "" if exp is None or n == exp else f"{n - exp:+,} images vs official"
+                    out.append(SplitStatus(name, split, status, n, exp, detail))
+    return out
+
+
+def format_report(rows: list[SplitStatus]) -> str:
+    """A fixed-width table of :func:`check_root` rows."""
+    def num(x):
+        return "-" if x is None else f"{x:,}"
+
+    lines = [f"{'benchmark':<10} {'split':<16} {'status':<11} {'found':>10} {'official':>10}  detail"]
+    for r in rows:
+        lines.append(f"{r.benchmark:<10} {r.split:<16} {r.status:<11} {num(r.found):>10} {num(r.expected):>10}  {r.detail}")
+    return "\n".join(lines)
