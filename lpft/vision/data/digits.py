@@ -224,23 +224,29 @@ def render_glyph(font_path: str | os.PathLike, digit: int, height: int = RENDER_
 
 @functools.lru_cache(maxsize=None)
 def typeset_fonts() -> tuple[Path, ...]:
-    """The fonts of :data:`FONT_FILES` that exist in matplotlib's data path and render all ten digits.
+    """The fonts of :data:`FONT_FILES` that exist in matplotlib's data path and have all ten digit glyphs.
 
-    A font that is missing or lacks a digit is skipped with a warning (the split_info lists the fonts used).
+    A font that is missing or lacks a digit is skipped with a warning (a font whose digits then render
+    empty is skipped the same way when the split is built; ``split_info["fonts"]`` lists the fonts used).
     """
+    from matplotlib.ft2font import FT2Font
+
     root = font_dir()
     ok = []
     for name in FONT_FILES:
         path = root / name
         try:
-            for k in range(10):
-                render_glyph(path, k, height=16)
+            font = FT2Font(str(path))
+            missing = [k for k in range(10) if font.get_char_index(ord(str(k))) == 0]
         except (OSError, RuntimeError, ValueError) as err:
             warnings.warn(f"digits/typeset: skipping font {name}: {err}", stacklevel=2)
             continue
+        if missing:
+            warnings.warn(f"digits/typeset: skipping font {name}: no glyphs for digits {missing}", stacklevel=2)
+            continue
         ok.append(path)
     if not ok:
-        raise RuntimeError(f"digits/typeset: none of the expected fonts renders digits under {root}")
+        raise RuntimeError(f"digits/typeset: none of the expected fonts has digit glyphs under {root}")
     return tuple(ok)
 
 
@@ -303,17 +309,23 @@ def _id_indices() -> dict[str, np.ndarray]:
 
 @functools.lru_cache(maxsize=None)
 def _typeset() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    fonts = typeset_fonts()
-    xs, ys = [], []
-    for path in fonts:
+    xs, ys, used = [], [], []
+    for path in typeset_fonts():
         font_index = FONT_FILES.index(path.name)
-        for k in range(10):
-            for v in _typeset_variants(path, font_index, k, TYPESET_VARIANTS):
-                xs.append(v.reshape(64))
-                ys.append(k)
+        try:
+            per_font = [_typeset_variants(path, font_index, k, TYPESET_VARIANTS) for k in range(10)]
+        except ValueError as err:  # a digit renders empty
+            warnings.warn(f"digits/typeset: skipping font {path.name}: {err}", stacklevel=2)
+            continue
+        used.append(path.name)
+        for k, variants in enumerate(per_font):
+            xs.extend(v.reshape(64) for v in variants)
+            ys.extend([k] * len(variants))
+    if not used:
+        raise RuntimeError("digits/typeset: no font rendered the digits")
     X = np.stack(xs).astype(np.float64)
     y = np.asarray(ys, dtype=np.int64)
-    return (*_readonly(X, y), tuple(p.name for p in fonts))
+    return (*_readonly(X, y), tuple(used))
 
 
 @functools.lru_cache(maxsize=None)
@@ -398,6 +410,10 @@ class DigitsDataset(LabeledDataset):
         super().__init__(transform)
         self.split = split
         self._X, self._y = digits_arrays(split)
+        #: positions in ``load_digits()`` of the handwritten items (ID splits and ``corrupted``); None for typeset
+        self.source_indices: np.ndarray | None = (
+            None if split == "typeset" else _id_indices()["id_test" if split == "corrupted" else split].copy()
+        )
         self.split_info = _split_info(split, len(self._y))
 
     def __len__(self) -> int:
