@@ -79,6 +79,7 @@ from .wise import (
     linearised_output,
     ose_interior_minimum,
     ose_predictor,
+    wise_curves,
     wise_ft,
     wse_loss_closed_form,
     wse_ose_gap_bound,
@@ -105,5 +106,5 @@ __all__ = [
     "feature_change", "feature_change_ratio", "feature_velocity", "output_velocity", "output_velocity_split",
     # WiSE-FT
     "interpolation_q", "linearised_output", "wse_predictor", "ose_predictor", "wse_loss_closed_form",
-    "wse_ose_gap_bound", "ose_interior_minimum",
+    "wse_ose_gap_bound", "ose_interior_minimum", "wise_curves",
 ]

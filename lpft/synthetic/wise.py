@@ -26,6 +26,7 @@ __all__ = [
     "wse_loss_closed_form",
     "wse_ose_gap_bound",
     "ose_interior_minimum",
+    "wise_curves",
 ]
 
 
@@ -144,13 +145,40 @@ def wse_ose_gap_bound(theta0, theta1, alpha, w_star, Sigma=None) -> np.ndarray:
     return out[0] if a.ndim == 0 else out
 
 
-def ose_interior_minimum(w0, w1, w_star, Sigma=None) -> bool:
+def ose_interior_minimum(w0, w1, w_star, Sigma=None, *, rtol: float = 1e-9) -> bool:
     """Whether ``alpha -> L_Sigma((1-alpha) w0 + alpha w1)`` has its minimum strictly inside (0, 1)
-    (THEORY.md 2.9(d) [D]): iff ``a^T Sigma b < min(a^T Sigma a, b^T Sigma b)``, a = w0 - w*, b = w1 - w*."""
+    (THEORY.md 2.9(d) [D]): iff ``a^T Sigma b < min(a^T Sigma a, b^T Sigma b)``, a = w0 - w*, b = w1 - w*.
+
+    Ties within round-off (e.g. an endpoint that interpolates, b^T Sigma b = 0 = a^T Sigma b up to 1e-17) count
+    as "not interior": the margin must exceed ``rtol * max(a^T Sigma a, b^T Sigma b)``.
+    """
     w_star = as_array("w_star", w_star, 1, "d")
     d = w_star.shape[0]
     a = as_array("w0", w0, 1, "d") - w_star
     b = as_array("w1", w1, 1, "d") - w_star
     S = np.eye(d) if Sigma is None else check_psd(Sigma, d)
-    ab = float(a @ S @ b)
-    return ab < min(float(a @ S @ a), float(b @ S @ b))
+    ab, aa, bb = float(a @ S @ b), float(a @ S @ a), float(b @ S @ b)
+    return min(aa, bb) - ab > rtol * max(aa, bb, 0.0)
+
+
+def wise_curves(theta0, theta1, w_star, Q_S, Sigma_ood=None, alphas=None) -> dict[str, np.ndarray]:
+    """ID and OOD losses along the WiSE-FT path, weight space (WSE) and output space (OSE).
+
+    Args:
+        theta0, theta1: endpoints (v, B). w_star: (d,). Q_S: (d, m) basis of S (ID loss = L_{P_S}).
+        Sigma_ood: OOD covariance (None: identity, the paper's worst case). alphas: grid (default 21 points).
+
+    Returns:
+        dict with ``alpha`` and ``id_wse``, ``id_ose``, ``ood_wse``, ``ood_ose`` (each (A,)).
+    """
+    alphas = np.linspace(0.0, 1.0, 21) if alphas is None else np.atleast_1d(_alphas(alphas))
+    w_star = as_array("w_star", w_star, 1, "d")
+    Q_S = as_array("Q_S", Q_S, 2, "d x m")
+    d = w_star.shape[0]
+    S_ood = np.eye(d) if Sigma_ood is None else check_psd(Sigma_ood, d, "Sigma_ood")
+    out = {"alpha": alphas}
+    for tag, w in (("wse", wse_predictor(theta0, theta1, alphas)), ("ose", ose_predictor(theta0, theta1, alphas))):
+        e = w - w_star
+        out[f"id_{tag}"] = np.sum((e @ Q_S) ** 2, axis=1)
+        out[f"ood_{tag}"] = np.einsum("ad,de,ae->a", e, S_ood, e)
+    return out
