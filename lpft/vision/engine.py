@@ -229,6 +229,7 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, s: TrainSettin
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, optimizer=s.optimizer, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
     history: list[dict[str, Any]] = []
+    rank, world = dist_world()
     start_epoch = 0
     best_state, best_epoch, best_val = None, 0, -1.0
 
@@ -248,16 +249,21 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, s: TrainSettin
         if progress:
             tqdm.write(f"resuming from {last_path} after epoch {start_epoch}")
 
-    rank, world = dist_world()
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    if best_state is None:  # epoch 0: the initial model is a candidate (matters for epochs=0 / LP-FT)
+    if not history:
+        # Epoch 0 (the initial model) is logged; as in LP-FT's trainer it is not a selection candidate,
+        # unless no epoch is trained at all (epochs == 0).
         logits, labels = predict(model, val_set, batch_size=s.eval_batch_size, device=device,
                                  num_workers=s.num_workers, progress=False)
-        best_val, best_epoch, best_state = accuracy(logits, labels, val_set), 0, _cpu_state(model)
-        history.append({"epoch": 0, "val_acc": best_val, "train_loss": None, "lr": None})
+        acc0 = accuracy(logits, labels, val_set)
+        history.append({"epoch": 0, "val_acc": acc0, "train_loss": None, "lr": None})
+        if s.epochs == 0:
+            best_val, best_epoch, best_state = acc0, 0, _cpu_state(model)
+            if rank == 0:
+                torch_save_atomic({"model": best_state, "epoch": 0, "val_acc": acc0}, best_path)
 
     steps_per_epoch = None
     loss_fn = nn.CrossEntropyLoss()
