@@ -1,0 +1,71 @@
+"""``python -m lpft.vision.data check`` on miniature fixtures."""
+
+import shutil
+
+import pytest
+
+from lpft.vision.data import check, fixtures
+from lpft.vision.data.__main__ import main
+from lpft.vision.data.folders import load_facts
+
+
+def _rows(root, *names):
+    return {(r.benchmark, r.split): r for r in check.check_root(root, names)}
+
+
+def test_fixture_counts_against_official(cifar_root):
+    rows = _rows(cifar_root, "cifar10", "domainnet")
+    r = rows[("cifar10", "stl10")]
+    assert (r.status, r.found, r.expected) == ("incomplete", 18, 7200)
+    assert rows[("cifar10", "cifar10_1")].expected == 2000
+    assert rows[("cifar10", "id_train")].found == 45
+    assert all(rows[("domainnet", s)].status == "missing" for s in ("id_train", "real", "clipart"))
+    assert "SENTRY_splits" in rows[("domainnet", "real")].detail
+
+
+def test_found_when_counts_reach_official(domainnet_root, monkeypatch):
+    sizes = {"id_train": 72, "id_val": 8, "id_test": 40, "real": 40, "painting": 40, "clipart": 41}
+    monkeypatch.setattr(check, "official_counts", lambda name: sizes)
+    rows = _rows(domainnet_root, "domainnet")
+    assert [rows[("domainnet", s)].status for s in sizes] == ["found"] * 5 + ["incomplete"]
+    assert rows[("domainnet", "clipart")].detail == "-1 images vs official"
+
+
+def test_partial_and_malformed(tmp_path):
+    fixtures.build_imagenet(tmp_path, splits=("imagenet_a", "objectnet"))
+    shutil.rmtree(tmp_path / "imagenet-a" / load_facts("imagenet_a")["wnids"][0])
+    fixtures.build_domainnet(tmp_path)
+    (tmp_path / "domainnet" / "SENTRY_splits" / "real_test_mini.txt").write_text("oops\n")
+    rows = _rows(tmp_path, "imagenet", "domainnet")
+    a = rows[("imagenet", "imagenet_a")]
+    assert (a.status, a.found, a.expected) == ("incomplete", 199, 7500)
+    assert "1 of 200 class folders missing" in a.detail
+    assert rows[("imagenet", "objectnet")].status == "found" and rows[("imagenet", "objectnet")].found == 113
+    assert rows[("imagenet", "imagenet_r")].status == "missing"
+    assert rows[("domainnet", "real")].status == "error"
+    assert rows[("domainnet", "painting")].status == "incomplete"  # fixture is smaller than official
+
+
+def test_fmow_without_wilds_is_missing(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "wilds", None)
+    rows = _rows(tmp_path, "fmow")
+    assert {r.status for r in rows.values()} == {"missing"}
+    assert "wilds" in rows[("fmow", "africa")].detail
+
+
+def test_cli_report_and_exit_status(cifar_root, capsys):
+    assert main(["check", "--root", str(cifar_root), "--benchmark", "cifar10"]) == 1
+    out = capsys.readouterr().out
+    assert "cifar10    stl10" in out and "incomplete" in out and "7,200" in out
+    assert main(["check", "--root", str(cifar_root), "--benchmark", "nope"]) == 1
+    assert "unknown benchmark 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["living17", "entity30", "imagenet", "domainnet", "cifar10"])
+def test_official_counts_cover_every_split(name):
+    from lpft.vision.data import get_benchmark
+
+    counts = check.official_counts(name)
+    assert set(counts) == set(get_benchmark(name).splits)
