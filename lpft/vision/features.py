@@ -1,0 +1,195 @@
+"""Frozen-backbone feature extraction with an optional on-disk cache.
+
+Linear probing in LP-FT (Kumar et al., 2022, Sec. 4 and the official ``extract_features.py``) extracts
+penultimate features once, with the network in ``eval()`` mode so that BatchNorm uses its running
+statistics and does not update them, then fits a logistic regression on the cached features. This module
+does the extraction step: no gradients, eval mode (the previous train/eval mode is restored afterwards),
+batched through a ``DataLoader``, bf16 autocast + channels_last on CUDA only.
+
+Because extraction is the expensive part of an LP sweep (the C path is cheap), results can be cached under
+``cache_dir/<sha256 of the canonical JSON of cache_key>.pt``. The key must name everything that changes the
+features (backbone name, weights id, benchmark, split, transform repr, seed of the augmentation draw, ...);
+it is stored next to the tensors and checked on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from lpft.vision.io import torch_save_atomic
+
+__all__ = ["extract_features", "resolve_device", "cache_path"]
+
+logger = logging.getLogger(__name__)
+
+_CACHE_FORMAT = 1
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """Turn a user device spec into a ``torch.device``.
+
+    Args:
+        device: ``None`` or ``"auto"`` (CUDA if available, else CPU), or any string ``torch.device``
+            accepts (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``), or a ``torch.device``.
+
+    Returns:
+        The resolved device.
+
+    Raises:
+        ValueError: if the string is not a valid device, or names CUDA when CUDA is unavailable.
+    """
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, torch.device):
+        dev = device
+    elif isinstance(device, str):
+        try:
+            dev = torch.device(device.strip())
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(
+                f"invalid device {device!r}: expected 'auto', 'cpu', 'cuda', 'cuda:<index>' or another "
+                f"torch device string ({exc})"
+            ) from None
+    else:
+        raise ValueError(f"device must be a string, torch.device or None, got {type(device).__name__}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+    return dev
+
+
+def _canonical_key(cache_key: Mapping[str, Any]) -> str:
+    if not isinstance(cache_key, Mapping) or not cache_key:
+        raise ValueError(f"cache_key must be a non-empty dict, got {cache_key!r}")
+    try:
+        return json.dumps(dict(cache_key), sort_keys=True, separators=(",", ":"), default=str)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"cache_key must be JSON-serialisable: {exc}") from None
+
+
+def cache_path(cache_dir: str | Path, cache_key: Mapping[str, Any]) -> Path:
+    """Path of the cache file for ``cache_key``: ``cache_dir/<sha256 of canonical JSON>.pt``."""
+    digest = hashlib.sha256(_canonical_key(cache_key).encode("utf-8")).hexdigest()
+    return Path(cache_dir) / f"{digest}.pt"
+
+
+def _load_cache(path: Path, key_json: str):
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or foreign file: recompute rather than fail
+        logger.warning("ignoring unreadable feature cache %s (%s)", path, exc)
+        return None
+    if not isinstance(blob, dict) or blob.get("key") != key_json or blob.get("format") != _CACHE_FORMAT:
+        logger.warning("feature cache %s does not match its key; recomputing", path)
+        return None
+    return blob["features"], blob["labels"]
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module,
+    dataset: Dataset,
+    *,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    cache_dir: str | Path | None = None,
+    cache_key: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a frozen backbone over a dataset and collect its features.
+
+    The backbone is put in ``eval()`` mode for the pass (BatchNorm uses and keeps its running statistics,
+    dropout is off, as in LP-FT's ``extract_features.py``) and returned to its previous mode afterwards,
+    even on error. Nothing in the backbone (parameters or buffers) is modified.
+
+    Args:
+        backbone: module mapping an image batch ``[B, 3, H, W]`` to features ``[B, D]``.
+        dataset: map-style dataset yielding ``(image tensor, int label)``.
+        batch_size: images per forward pass.
+        num_workers: DataLoader workers (persistent when > 0).
+        device: ``None``/``"auto"``, ``"cpu"``, ``"cuda"``, ... (see :func:`resolve_device`). The backbone is
+            moved there (and stays there).
+        cache_dir: directory for the feature cache; used only together with ``cache_key``.
+        cache_key: JSON-serialisable dict naming everything the features depend on (backbone name,
+            weights_id, benchmark, split, transform repr, seed, ...). A cache hit does no forward pass.
+        progress: show a tqdm bar over batches.
+
+    Returns:
+        ``(features, labels)``: ``[N, D]`` float32 CPU tensor and ``[N]`` int64 CPU tensor, in dataset order.
+
+    Raises:
+        ValueError: on bad arguments, or when the backbone does not return a ``[B, D]`` tensor.
+    """
+    if not isinstance(backbone, nn.Module):
+        raise ValueError(f"backbone must be a torch.nn.Module, got {type(backbone).__name__}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be a non-negative int, got {num_workers!r}")
+    if (cache_dir is None) != (cache_key is None):
+        raise ValueError("cache_dir and cache_key must be given together (or neither)")
+
+    path = key_json = None
+    if cache_key is not None:
+        key_json = _canonical_key(cache_key)
+        path = cache_path(cache_dir, cache_key)
+        if path.exists():
+            hit = _load_cache(path, key_json)
+            if hit is not None:
+                logger.info("feature cache hit: %s", path)
+                return hit
+
+    dev = resolve_device(device)
+    on_cuda = dev.type == "cuda"
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=on_cuda,
+        persistent_workers=num_workers > 0,
+        drop_last=False,
+    )
+    was_training = backbone.training
+    backbone.to(dev)
+    if on_cuda:
+        backbone.to(memory_format=torch.channels_last)
+    backbone.eval()
+    feats: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    try:
+        for batch in tqdm(loader, desc="features", disable=not progress, leave=False):
+            if not isinstance(batch, (list, tuple)) or len(batch) < 2:
+                raise ValueError("dataset items must be (image tensor, label) pairs")
+            images, y = batch[0], batch[1]
+            images = images.to(dev, non_blocking=on_cuda)
+            if on_cuda:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on_cuda):
+                out = backbone(images)
+            if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != images.shape[0]:
+                shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(f"backbone must return [batch, dim] features, got {shape}")
+            feats.append(out.float().cpu())
+            labels.append(torch.as_tensor(y, dtype=torch.long).reshape(-1).cpu())
+    finally:
+        backbone.train(was_training)
+
+    if not feats:
+        raise ValueError("dataset is empty: no features to extract")
+    features = torch.cat(feats).contiguous()
+    all_labels = torch.cat(labels).contiguous()
+    if path is not None:
+        torch_save_atomic(
+            {"format": _CACHE_FORMAT, "key": key_json, "features": features, "labels": all_labels}, path
+        )
+    return features, all_labels
