@@ -32,7 +32,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLo
 from lpft.vision.io import atomic_path
 from lpft.vision.table import (
     Series,
-    _per_seed,
+    per_seed,
     aggregate,
     build_series,
     columns,
@@ -65,8 +65,8 @@ def _mean_ci(vals: dict[int, float]):
 
 def _points(s: Series, lr, alpha, split: str, oods: Sequence[str]):
     """(seeds' ID values, seeds' values on ``split``) for seeds having both."""
-    idv = _per_seed(s, lr, alpha, "id_test", oods)
-    ov = _per_seed(s, lr, alpha, split, oods)
+    idv = per_seed(s, lr, alpha, "id_test", oods)
+    ov = per_seed(s, lr, alpha, split, oods)
     seeds = sorted(set(idv) & set(ov))
     return {k: idv[k] for k in seeds}, {k: ov[k] for k in seeds}
 
@@ -76,8 +76,36 @@ def _logit(p):
     return np.log(p / (1 - p))
 
 
+def baseline_fit(group: Sequence[Series], split: str) -> tuple[float, float, int] | None:
+    """Linear fit ``logit(ood) = slope * logit(id) + intercept`` through every baseline run.
+
+    Baselines are all runs of zero-shot, LP, FT and LP-FT (every learning rate and seed), i.e. not
+    WiSE-FT's interpolations. Returns ``(slope, intercept, n_points)``, or ``None`` with fewer than 3
+    points or a single ID accuracy.
+    """
+    oods = ood_splits(group)
+    xs, ys = [], []
+    for s in group:
+        if s.method == "wiseft":
+            continue
+        for lr in s.lrs:
+            ix, ox = _points(s, lr, None, split, oods)
+            xs += list(ix.values())
+            ys += list(ox.values())
+    if len(xs) < 3 or len({round(x, 9) for x in xs}) < 2:
+        return None
+    slope, icpt = np.polyfit(_logit(xs), _logit(ys), 1)
+    return float(slope), float(icpt), len(xs)
+
+
+def effective_robustness(id_acc: float, ood_acc: float, fit: tuple[float, float, int]) -> float:
+    """OOD accuracy above the baseline fit at the same ID accuracy (Taori et al. 2020), as a fraction."""
+    slope, icpt, _ = fit
+    return float(ood_acc - 1 / (1 + np.exp(-(slope * _logit(id_acc) + icpt))))
+
+
 def _draw_scatter(ax, group: Sequence[Series], split: str, oods: Sequence[str], logit: bool) -> None:
-    base_x, base_y = [], []
+    fit = baseline_fit(group, split) if logit else None
     for s in group:
         lr_sel, _ = select_lr(s)
         color = COLORS.get(s.method, "black")
@@ -97,18 +125,19 @@ def _draw_scatter(ax, group: Sequence[Series], split: str, oods: Sequence[str], 
                     if a in (0.0, 0.5, 1.0):
                         ax.annotate(f"α={a:g}", (x, y), textcoords="offset points", xytext=(4, -8), fontsize=7)
             continue
-        for lr in s.lrs:  # every run of a baseline method feeds the fit
-            ix, ox = _points(s, lr, None, split, oods)
-            base_x += list(ix.values())
-            base_y += list(ox.values())
+        for lr in s.lrs:  # runs at the other learning rates, faint
             if lr != lr_sel:
+                ix, ox = _points(s, lr, None, split, oods)
                 ax.scatter(list(ix.values()), list(ox.values()), s=8, color=color, alpha=0.25, linewidths=0)
         ix, ox = _points(s, lr_sel, None, split, oods)
         if not ix:
             continue
         ax.scatter(list(ix.values()), list(ox.values()), s=10, color=color, alpha=0.4, linewidths=0)
         (mx, cx), (my, cy) = _mean_ci(ix), _mean_ci(ox)
-        ax.errorbar([mx], [my], xerr=[cx], yerr=[cy], fmt="o", color=color, ms=6, capsize=2, label=s.label)
+        label = s.label
+        if fit is not None:
+            label += f" (ER {100 * effective_robustness(mx, my, fit):+.1f} pp)"
+        ax.errorbar([mx], [my], xerr=[cx], yerr=[cy], fmt="o", color=color, ms=6, capsize=2, label=label)
     if logit:
         for axis, setter in ((ax.xaxis, ax.set_xscale), (ax.yaxis, ax.set_yscale)):
             setter("logit")
@@ -116,16 +145,14 @@ def _draw_scatter(ax, group: Sequence[Series], split: str, oods: Sequence[str], 
             axis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:g}%"))
             axis.set_minor_locator(NullLocator())
             axis.set_minor_formatter(NullFormatter())
-        pts = [(x, y) for x, y in zip(base_x, base_y)]
-        if len(pts) >= 3 and len({round(x, 9) for x, _ in pts}) >= 2:
-            lx, ly = _logit([p[0] for p in pts]), _logit([p[1] for p in pts])
-            slope, icpt = np.polyfit(lx, ly, 1)
-            grid = np.linspace(lx.min() - 0.5, lx.max() + 0.5, 50)
-            ax.plot(1 / (1 + np.exp(-grid)), 1 / (1 + np.exp(-(slope * grid + icpt))), ":", color="black",
-                    lw=1, label=f"baseline fit (logit, n={len(pts)})")
-    lo = min([v for v in ax.get_xlim() + ax.get_ylim()])
-    hi = max([v for v in ax.get_xlim() + ax.get_ylim()])
-    if not logit:
+        if fit is not None:
+            lo, hi = (float(_logit(v)) for v in ax.get_xlim())
+            grid = np.linspace(lo, hi, 50)
+            ax.plot(1 / (1 + np.exp(-grid)), 1 / (1 + np.exp(-(fit[0] * grid + fit[1]))), ":", color="black",
+                    lw=1, label=f"baseline fit (logit, n={fit[2]})")
+    else:
+        lo = min(ax.get_xlim() + ax.get_ylim())
+        hi = max(ax.get_xlim() + ax.get_ylim())
         ax.plot([lo, hi], [lo, hi], color="0.8", lw=0.8, zorder=0)
     ax.set_xlabel("ID accuracy (id_test)")
     ax.set_ylabel(f"OOD accuracy ({split})")
@@ -159,7 +186,7 @@ def _alpha_figure(title: str, group: Sequence[Series]) -> Figure | None:
         for c in columns(group):
             xs, ms, cs = [], [], []
             for a in alphas:
-                v = _per_seed(s, lr, a, c, oods)
+                v = per_seed(s, lr, a, c, oods)
                 if v:
                     m, ci = _mean_ci(v)
                     xs.append(a), ms.append(m), cs.append(ci)

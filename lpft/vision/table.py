@@ -239,7 +239,7 @@ class Row:
     cells: dict[str, Cell]
 
 
-def _per_seed(s: Series, lr, alpha, split: str, oods: Sequence[str]) -> dict[int, float]:
+def per_seed(s: Series, lr, alpha, split: str, oods: Sequence[str]) -> dict[int, float]:
     if split != "ood_avg":
         return dict(s.seeds_of(lr, alpha, split))
     per = [s.seeds_of(lr, alpha, o) for o in oods]
@@ -267,7 +267,7 @@ def build_rows(groups: dict[tuple[str, str], list[Series]], oracle: bool = True)
             if s.method != "wiseft":
                 cells = {}
                 for c in cols:
-                    v = _per_seed(s, lr, None, c, oods)
+                    v = per_seed(s, lr, None, c, oods)
                     cells[c] = Cell(aggregate(list(v.values())) if v else None, published=pub(s.method, c))
                 rows.append(Row(bench, bb, s.method, s.label, s.bn_stats, lr, scores, None, cells))
                 continue
@@ -275,7 +275,7 @@ def build_rows(groups: dict[tuple[str, str], list[Series]], oracle: bool = True)
             if 0.5 in alphas:
                 cells = {}
                 for c in cols:
-                    v = _per_seed(s, lr, 0.5, c, oods)
+                    v = per_seed(s, lr, 0.5, c, oods)
                     cells[c] = Cell(aggregate(list(v.values())) if v else None, published=pub("wiseft", c, 0.5))
                 rows.append(Row(bench, bb, "wiseft", f"{s.label} α=0.5", s.bn_stats, lr, scores, 0.5, cells))
             if oracle and alphas:
@@ -283,7 +283,7 @@ def build_rows(groups: dict[tuple[str, str], list[Series]], oracle: bool = True)
                 for c in cols:
                     best = None
                     for a in alphas:
-                        v = _per_seed(s, lr, a, c, oods)
+                        v = per_seed(s, lr, a, c, oods)
                         if v:
                             agg = aggregate(list(v.values()))
                             if best is None or agg.mean > best[1].mean:

@@ -82,3 +82,36 @@ def test_bad_records_stop_plotting(tmp_path):
     with pytest.raises(ValueError, match=f"{f}:"):
         main(["--runs", str(runs), "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+def test_baseline_fit_recovers_a_logit_line_and_effective_robustness(tmp_path):
+    from lpft.vision.plot import baseline_fit, effective_robustness
+    from lpft.vision.table import build_series
+
+    def logit(p):
+        import math
+
+        return math.log(p / (1 - p))
+
+    def sigmoid(z):
+        import math
+
+        return 1 / (1 + math.exp(-z))
+
+    slope, icpt = 0.8, -0.7
+    recs = []
+    for k, lr in enumerate([1e-3, 3e-3, 1e-2, 3e-2]):
+        i = 0.5 + 0.1 * k
+        o = sigmoid(slope * logit(i) + icpt)
+        rid = f"ft-{k}"
+        recs += [_rec(rid, "ft", "id_val", "id", 0.5, 0, lr), _rec(rid, "ft", "id_test", "id", i, 0, lr),
+                 _rec(rid, "ft", "typeset", "ood", o, 0, lr)]
+    # WiSE-FT points far above the line must not enter the fit
+    recs += [_rec("w", "wiseft", "id_test", "id", 0.6, 0, 1e-3, alpha=0.5),
+             _rec("w", "wiseft", "typeset", "ood", 0.9, 0, 1e-3, alpha=0.5)]
+    (group,) = build_series(recs).values()
+    fit = baseline_fit(group, "typeset")
+    assert fit[0] == pytest.approx(slope) and fit[1] == pytest.approx(icpt) and fit[2] == 4
+    assert effective_robustness(0.65, sigmoid(slope * logit(0.65) + icpt), fit) == pytest.approx(0.0, abs=1e-9)
+    assert effective_robustness(0.65, sigmoid(slope * logit(0.65) + icpt) + 0.05, fit) == pytest.approx(0.05)
+    assert baseline_fit([s for s in group if s.method == "wiseft"], "typeset") is None  # < 3 baseline points
