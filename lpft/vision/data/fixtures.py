@@ -225,3 +225,57 @@ class FakeWildsFMoW:
 
     def get_input(self, idx: int) -> Image.Image:
         return Image.fromarray(label_image(int(self.y_array[idx]) % 10, 8))
+
+
+#: (WILDS metadata split, ISO-3 country, region, timestamp) rows of the FMoW miniature; regions follow
+#: LP-FT's order of first appearance (Asia, Europe, Africa, Americas, Oceania, Other)
+FMOW_ROWS = [
+    ("train", "CHN", "Asia", "2010-03-01T00:00:00Z"),
+    ("train", "FRA", "Europe", "2011-06-01T00:00:00Z"),
+    ("train", "KEN", "Africa", "2012-01-01T00:00:00Z"),
+    ("train", "USA", "Americas", "2009-05-01T00:00:00Z"),
+    ("train", "AUS", "Oceania", "2011-02-01T00:00:00Z"),
+    ("train", "ATA", "Other", "2010-02-01T00:00:00Z"),
+    ("train", "BRA", "Americas", "2012-07-01T00:00:00Z"),
+    ("val", "USA", "Americas", "2012-03-01T00:00:00Z"),      # ID val (before 2013)
+    ("val", "USA", "Americas", "2014-03-01T00:00:00Z"),      # OOD val (2013-2015)
+    ("val", "NGA", "Africa", "2014-08-01T00:00:00Z"),
+    ("val", "DEU", "Europe", "2015-01-01T00:00:00Z"),
+    ("test", "CAN", "Americas", "2011-01-01T00:00:00Z"),     # ID test
+    ("test", "KEN", "Africa", "2016-05-01T00:00:00Z"),       # OOD test
+    ("seq", "USA", "Americas", "2016-09-01T00:00:00Z"),      # sequestered: dropped by WILDS
+]
+
+
+def build_fmow(root) -> Path:
+    """``fmow_v1.1/`` as the WILDS archive extracts it: metadata CSVs, release marker, 224x224 PNGs.
+
+    Readable by the real ``wilds`` package (not installed in CI); rows are :data:`FMOW_ROWS`, labels cycle
+    through the 62 categories.
+    """
+    import csv
+
+    base = Path(root) / "fmow_v1.1"
+    (base / "images").mkdir(parents=True, exist_ok=True)
+    cats = load_facts("fmow")["classnames"]
+    regions = {}
+    with open(base / "rgb_metadata.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["split", "img_filename", "img_path", "spatial_reference", "epsg", "category", "visible",
+                    "img_width", "img_height", "country_code", "cloud_cover", "timestamp", "lat", "lon"])
+        for i, (split, cc, region, ts) in enumerate(FMOW_ROWS):
+            cat = cats[(7 * i) % len(cats)]
+            w.writerow([split, f"{cat}_{i}_0_rgb.jpg", f"{split}/{cat}/{cat}_{i}/{cat}_{i}_0_rgb.jpg", "WGS84", 4326,
+                        cat, True, 224, 224, cc, 0, ts, 0.0, 0.0])
+            if region != "Other":
+                regions[cc] = region
+    with open(base / "country_code_mapping.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["name", "alpha-2", "alpha-3", "region"])
+        for cc, region in regions.items():
+            w.writerow([cc.title(), cc[:2], cc, region])
+    (base / "RELEASE_v1.1.txt").write_text("v1.1 miniature\n")
+    png = tiny_image_bytes("PNG", size=224)
+    for i in range(len(FMOW_ROWS)):
+        (base / "images" / f"rgb_img_{i}.png").write_bytes(png)
+    return Path(root)

@@ -109,7 +109,8 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     """Decode ``path`` fully into an RGB PIL image; undecodable files raise :class:`CorruptImageError`."""
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            im.load()  # decode now, inside the worker; the file is closed on exit
+            return im if im.mode == "RGB" else im.convert("RGB")
     except FileNotFoundError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:

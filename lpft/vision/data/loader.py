@@ -24,10 +24,9 @@ def collate_images(batch: list) -> tuple:
         return None, torch.empty(0, dtype=torch.long), skipped
     imgs = [it[0] for it in items]
     labels = torch.as_tensor([int(it[1]) for it in items], dtype=torch.long)
-    if isinstance(imgs[0], torch.Tensor):
-        images: Any = torch.stack(imgs)
-    elif all(hasattr(i, "shape") for i in imgs):
-        images = default_collate(imgs)
+    if isinstance(imgs[0], torch.Tensor) or all(hasattr(i, "shape") for i in imgs):
+        # default_collate stacks straight into shared memory inside a worker (no extra copy to ship it)
+        images: Any = default_collate(imgs)
     else:
         images = imgs
     return images, labels, skipped

@@ -57,7 +57,7 @@ def server(tmp_path):
     served.mkdir()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(RangeHandler, directory=str(served)))
     httpd.requests, httpd.ranges = [], True
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
     httpd.base = f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.dir = served

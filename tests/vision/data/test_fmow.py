@@ -75,3 +75,36 @@ def test_metadata_missing_but_wilds_present(tmp_path, monkeypatch):
     monkeypatch.setattr(fmow, "import_wilds", lambda: object())
     with pytest.raises(FileNotFoundError, match="fmow_v1.1/rgb_metadata.csv"):
         load_split("fmow", tmp_path, "id_test")
+
+
+def test_on_disk_fixture_layout(tmp_path):
+    import csv
+
+    from lpft.vision.data.fixtures import FMOW_ROWS, build_fmow
+
+    build_fmow(tmp_path)
+    base = tmp_path / "fmow_v1.1"
+    with open(base / "rgb_metadata.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(FMOW_ROWS) == len(list((base / "images").glob("rgb_img_*.png")))
+    assert {r["category"] for r in rows} <= set(get_benchmark("fmow").classnames)
+    with open(base / "country_code_mapping.csv") as fh:
+        mapping = {r["alpha-3"]: r["region"] for r in csv.DictReader(fh)}
+    # order of first appearance of regions (as WILDS derives it) is LP-FT's code order
+    seen = []
+    for r in rows:
+        reg = mapping.get(r["country_code"], "Other")
+        if reg not in seen:
+            seen.append(reg)
+    assert seen == sorted(fmow.LPFT_REGION_CODES, key=fmow.LPFT_REGION_CODES.get)
+
+
+def test_real_wilds_on_fixture(tmp_path):
+    pytest.importorskip("wilds")
+    from lpft.vision.data.fixtures import build_fmow
+
+    build_fmow(tmp_path)
+    assert len(load_split("fmow", tmp_path, "id_train")) == 2  # USA + BRA train rows before 2013
+    assert len(load_split("fmow", tmp_path, "id_test")) == 1  # USA, OOD-period val
+    assert len(load_split("fmow", tmp_path, "africa")) == 1
+    assert len(load_split("fmow", tmp_path, "europe")) == 1
