@@ -349,9 +349,45 @@ def _grid(rows: Sequence[Row], escape=lambda s: s) -> tuple[list[str], list[list
     return [escape(h) for h in header], body, notes
 
 
+def summary_grid(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
+    """Methods x benchmarks: ID (``id_test``) and OOD (``ood_avg``, or the only OOD split) per
+    (benchmark, backbone), plus the plain average over benchmarks when a row has every benchmark
+    (LP-FT's "Ave" column)."""
+    groups = _group_rows(rows)
+    header, labels = ["method"], []
+    for (bench, bb), rs in groups.items():
+        header += [f"{bench}/{bb} ID", f"{bench}/{bb} OOD"]
+        labels += [r.label for r in rs if r.label not in labels]
+    header += ["avg ID", "avg OOD"]
+    body = []
+    for label in labels:
+        line, ids, oods = [label], [], []
+        for rs in groups.values():
+            r = next((r for r in rs if r.label == label), None)
+            ood_col = "ood_avg" if r is not None and "ood_avg" in r.cells else next(
+                (c for c in (r.cells if r else {}) if c != "id_test"), None)
+            for col, acc in (("id_test", ids), (ood_col, oods)):
+                c = r.cells.get(col) if r is not None and col is not None else None
+                line.append(_pct(c.agg) if c is not None else "")
+                if c is not None and c.agg is not None:
+                    acc.append(c.agg.mean)
+        n = len(groups)
+        line += [f"{100 * statistics.fmean(v):.1f}" if len(v) == n else "" for v in (ids, oods)]
+        body.append(line)
+    return header, body
+
+
 def format_markdown(rows: Sequence[Row]) -> str:
-    """One markdown table per (benchmark, backbone), with published numbers and differences."""
+    """One markdown table per (benchmark, backbone), with published numbers and differences; a
+    methods x benchmarks summary first when there are several benchmarks."""
     parts = []
+    if len(_group_rows(rows)) > 1:
+        header, body = summary_grid(rows)
+        parts.append("### summary (ID / OOD average, %)\n")
+        parts.append("| " + " | ".join(header) + " |")
+        parts.append("|" + "|".join("---" for _ in header) + "|")
+        parts += ["| " + " | ".join(b) + " |" for b in body]
+        parts.append("")
     for (bench, bb), rs in _group_rows(rows).items():
         header, body, notes = _grid(rs)
         parts.append(f"### {bench} / {bb}\n")

@@ -234,3 +234,20 @@ def test_cli_formats(tmp_path, capsys):
     assert "### digits / tiny_cnn" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["--runs", str(tmp_path), "--format", "html"])
+
+
+def test_summary_over_benchmarks(tmp_path):
+    recs = [rec("lp", "id_test", 0.80, 0), rec("lp", "typeset", 0.40, 0), rec("lp", "corrupted", 0.60, 0),
+            rec("lp", "id_test", 0.90, 0, bench="living17", bb="moco_v2_resnet50"),
+            rec("lp", "ood_test", 0.70, 0, bench="living17", bb="moco_v2_resnet50"),
+            rec("ft", "id_test", 0.95, 0, lr=1e-3, bench="living17", bb="moco_v2_resnet50"),
+            rec("ft", "ood_test", 0.65, 0, lr=1e-3, bench="living17", bb="moco_v2_resnet50")]
+    write(tmp_path, recs)
+    md = format_table(build_table(tmp_path), "markdown")
+    assert md.startswith("### summary")
+    lines = md.splitlines()
+    lp = next(ln for ln in lines if ln.startswith("| lp | 80.0"))
+    # digits OOD = mean of typeset and corrupted; averages over the two benchmarks
+    assert lp == "| lp | 80.0 | 50.0 | 90.0 | 70.0 | 85.0 | 60.0 |"
+    ft = next(ln for ln in lines if ln.startswith("| ft |  |"))
+    assert ft.endswith("|  |  |")  # ft has no digits runs: no average over benchmarks
