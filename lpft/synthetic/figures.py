@@ -33,7 +33,7 @@ def _new_figure(ncols: int = 1, width: float = 4.6, height: float = 3.6):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    fig = Figure(figsize=(width * ncols, height))
     FigureCanvasAgg(fig)
     axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
     return fig, axes
@@ -44,6 +44,7 @@ def _save(fig, out_dir, name: str) -> list[Path]:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()  # laid out once here, not once per format
     paths = []
     for ext in ("png", "pdf"):
         path = out_dir / f"{name}.{ext}"

@@ -213,3 +213,14 @@ def test_wise_ft_endpoints_and_core_consistency(small):
     for kw in ({"T": 0.0}, {"lr": 0.01, "steps": 0}):
         v, B = S.fine_tune(P.X, P.Y, v0, P.B0, **kw)
         assert np.array_equal(v, v0) and np.array_equal(B, P.B0)
+
+
+def test_import_is_light():
+    """``import lpft.synthetic`` must not import torch or matplotlib (fresh interpreter)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, lpft.synthetic, lpft.synthetic.figures; "
+            "bad = [m for m in ('torch', 'matplotlib') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
