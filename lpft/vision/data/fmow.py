@@ -57,8 +57,23 @@ def import_wilds():
     return wilds
 
 
+_OPENED: dict[str, object] = {}
+
+
 def open_wilds(root, download: bool = False):
-    """The WILDS FMoW dataset under ``root`` (``root/fmow_v1.1``), with OOD-val split names kept."""
+    """The WILDS FMoW dataset under ``root`` (``root/fmow_v1.1``), with OOD-val split names kept.
+
+    Opened once per process and root (WILDS parses the whole metadata table on every open).
+    """
+    key = str(Path(root).resolve())
+    if key in _OPENED and not download:
+        return _OPENED[key]
+    ds = _open_wilds(root, download)
+    _OPENED[key] = ds
+    return ds
+
+
+def _open_wilds(root, download: bool):
     wilds = import_wilds()
     try:
         return wilds.get_dataset(dataset="fmow", root_dir=str(root), download=download, use_ood_val=True)
