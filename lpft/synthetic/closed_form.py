@@ -34,7 +34,10 @@ __all__ = [
 
 
 def polar_factor(M) -> np.ndarray:
-    """Orthogonal polar factor ``U V^T`` of ``M = U S V^T`` (the nearest orthogonal matrix to M)."""
+    """Orthogonal polar factor ``U V^T`` of ``M = U S V^T`` (the nearest orthogonal matrix to M).
+
+    Used for the frame U of ``eps = min_U ||B0 - U B*||_2`` (Sec. 3 of both versions; THEORY.md Sec. 1).
+    """
     M = as_array("M", M, 2, "square matrix")
     if M.shape[0] != M.shape[1]:
         raise ValueError(f"M must be square, got shape {M.shape}")
@@ -138,7 +141,8 @@ def certificate_error_lower_bound(phi: float, v_star_norm: float, c_perp: float)
 def lp_limit(X, Y, B0, v0=None) -> np.ndarray:
     """Limit of LP gradient flow from ``v0`` (THEORY.md Sec. 2.4 [D]): ``Phi^+ Y + (I - Phi^+ Phi) v0``,
     ``Phi = X B0^T``. Equals :func:`lpft.synthetic.linear_probe` for ``v0 = 0`` and for every v0 when
-    ``c_S > 0`` (rank Phi = k)."""
+    ``c_S > 0`` (rank Phi = k). LP is convex gradient flow (Sec. 3 of both versions); with perfect features
+    the limit has zero OOD error (Prop. A.2, appendix)."""
     X, Y = check_data(X, Y)
     B0 = check_features(B0, X.shape[1])
     k = B0.shape[0]
