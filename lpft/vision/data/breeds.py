@@ -54,14 +54,14 @@ class BreedsBenchmark(Benchmark):
         domain = "target" if split == "ood_test" else "source"
         folders, labels = self._folders(domain)
         if split in ("id_train", "id_val"):
-            base = locate(self, root, "train", "ImageNet train (imagenet/train/<wnid>/)")
+            base = locate(self, root, "train", "ImageNet train (imagenet/train/<wnid>/)", counts[split])
             samples = scan_class_folders(
                 self, base, folders, labels, what=f"{self.name} source subclasses in ImageNet train",
                 official=load_facts("breeds")["expected_image_counts"][self.name]["source_train"],
             )
             samples, info = apply_holdout(samples, split, BREEDS_VAL_FRACTION)
         else:
-            base = locate(self, root, "val", "ImageNet val sorted into wnid folders (imagenet/val/<wnid>/)")
+            base = locate(self, root, "val", "ImageNet val sorted into wnid folders (imagenet/val/<wnid>/)", counts[split])
             samples = scan_class_folders(
                 self, base, folders, labels, what=f"{self.name} {domain} subclasses in ImageNet val", official=counts[split]
             )

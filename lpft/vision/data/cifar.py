@@ -97,7 +97,7 @@ class CifarBenchmark(Benchmark):
     def _cifar(self, root, split):
         base = find_dir(root, CIFAR_DIRS)
         if base is None:
-            raise self.missing(f"CIFAR-10 in {Path(root) / CIFAR_DIRS[0]}", "not found")
+            raise self.missing(f"CIFAR-10 in {Path(root) / CIFAR_DIRS[0]}", f"not found; 0 of {official_counts()[split]:,} images")
         files = CIFAR_TEST_FILES if split == "id_test" else CIFAR_TRAIN_FILES
         absent = [f for f in files if not (base / f).is_file()]
         if absent:
@@ -116,7 +116,7 @@ class CifarBenchmark(Benchmark):
     def _stl(self, root):
         base = find_dir(root, STL_DIRS)
         if base is None:
-            raise self.missing(f"STL-10 binaries in {Path(root) / STL_DIRS[0]}", "not found")
+            raise self.missing(f"STL-10 binaries in {Path(root) / STL_DIRS[0]}", f"not found; 0 of {official_counts()['stl10']:,} images")
         xf, yf = base / "test_X.bin", base / "test_y.bin"
         absent = [p.name for p in (xf, yf) if not p.is_file()]
         if absent:
@@ -150,7 +150,10 @@ class CifarBenchmark(Benchmark):
                 base = Path(root) / c
                 break
         if base is None:
-            raise self.missing(f"CIFAR-10.1 {dfile} and {lfile} in {Path(root) / CIFAR101_DIRS[0]}", "not found")
+            raise self.missing(
+                f"CIFAR-10.1 {dfile} and {lfile} in {Path(root) / CIFAR101_DIRS[0]}",
+                f"not found; 0 of {official_counts()['cifar10_1']:,} images",
+            )
         absent = [f for f in (dfile, lfile) if not (base / f).is_file()]
         if absent:
             raise incomplete(self, f"CIFAR-10.1 files in {base}", f"missing {', '.join(absent)}")

@@ -89,7 +89,7 @@ class DomainNetBenchmark(Benchmark):
         if base is None:
             raise self.missing(
                 f"split files in {Path(root) / 'domainnet' / 'SENTRY_splits'} (or {Path(root) / 'SENTRY_splits'})",
-                "not found",
+                f"not found; 0 of {official_counts()[split]:,} images",
             )
         domain, part = self.split_file(split)
         fname = split_file_name(domain, part)

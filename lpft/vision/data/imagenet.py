@@ -77,7 +77,7 @@ class ImageNetBenchmark(Benchmark):
         wnids = imagenet_wnids()
         counts = official_counts()
         if split in ("id_train", "id_val"):
-            base = locate(self, root, "train", "ImageNet train (imagenet/train/<wnid>/)")
+            base = locate(self, root, "train", "ImageNet train (imagenet/train/<wnid>/)", counts[split])
             samples = scan_class_folders(
                 self, base, wnids, range(1000), what="ImageNet train", official=load_facts("imagenet_variants")["imagenet_1k"]["counts"]["train"]
             )
@@ -85,7 +85,7 @@ class ImageNetBenchmark(Benchmark):
             info.update(source=str(base), official_size=counts[split])
             return ImageDataset(samples, self.classnames, transform, split_info=info)
         if split == "id_test":
-            base = locate(self, root, "val", "ImageNet val sorted into wnid folders (imagenet/val/<wnid>/)")
+            base = locate(self, root, "val", "ImageNet val sorted into wnid folders (imagenet/val/<wnid>/)", counts[split])
             flat = list_images(base)
             if flat and not any((base / w).is_dir() for w in wnids[:5]):
                 raise self.missing(
@@ -97,20 +97,20 @@ class ImageNetBenchmark(Benchmark):
             samples = scan_class_folders(self, base, wnids, range(1000), what="ImageNet val", official=counts["id_test"])
             return ImageDataset(samples, self.classnames, transform, split_info={"source": str(base), "official_size": counts[split]})
         if split == "imagenet_v2":
-            base = locate(self, root, split, "ImageNetV2 matched-frequency (imagenetv2-matched-frequency-format-val/<0..999>/)")
+            base = locate(self, root, split, "ImageNetV2 matched-frequency (imagenetv2-matched-frequency-format-val/<0..999>/)", counts[split])
             # the folder name is the ImageNet class index (not an ImageFolder position)
             samples = scan_class_folders(
                 self, base, [str(i) for i in range(1000)], range(1000), what="ImageNetV2", official=counts[split]
             )
             return ImageDataset(samples, self.classnames, transform, split_info={"source": str(base), "official_size": counts[split]})
         if split == "imagenet_sketch":
-            base = locate(self, root, split, "ImageNet-Sketch (sketch/<wnid>/)")
+            base = locate(self, root, split, "ImageNet-Sketch (sketch/<wnid>/)", counts[split])
             samples = scan_class_folders(self, base, wnids, range(1000), what="ImageNet-Sketch", official=counts[split])
             return ImageDataset(samples, self.classnames, transform, split_info={"source": str(base), "official_size": counts[split]})
         if split in ("imagenet_r", "imagenet_a"):
             facts = load_facts(split)
             label = "ImageNet-R (imagenet-r/<wnid>/)" if split == "imagenet_r" else "ImageNet-A (imagenet-a/<wnid>/)"
-            base = locate(self, root, split, label)
+            base = locate(self, root, split, label, counts[split])
             samples = scan_class_folders(
                 self, base, facts["wnids"], facts["imagenet_indices"], what=label.split(" (")[0], official=counts[split]
             )

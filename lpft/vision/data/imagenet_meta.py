@@ -43,10 +43,11 @@ def objectnet_classes() -> list[dict]:
     return list(load_facts("objectnet")["classes"])
 
 
-def locate(bench: Benchmark, root, key: str, what: str) -> Path:
+def locate(bench: Benchmark, root, key: str, what: str, official: int | None = None) -> Path:
     """The folder of dataset ``key`` under ``root`` (or ``root/imagenet``), else a clear error."""
     d = find_dir(root, LOCATIONS[key])
     if d is None:
         tried = ", ".join(str(Path(root) / c) for c in LOCATIONS[key])
-        raise bench.missing(f"{what} in one of: {tried}", "not found")
+        count = f"; 0 of {official:,} images" if official else ""
+        raise bench.missing(f"{what} in one of: {tried}", f"not found{count}")
     return d

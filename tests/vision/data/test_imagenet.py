@@ -112,7 +112,7 @@ def test_missing_dataset_error_names_folder_layout_and_command(tmp_path):
     with pytest.raises(DatasetNotFoundError) as e:
         load_split("imagenet", tmp_path, "imagenet_a")
     msg = str(e.value)
-    assert str(tmp_path / "imagenet-a") in msg
+    assert str(tmp_path / "imagenet-a") in msg and "0 of 7,500 images" in msg
     assert "objectnet-1.0/images/<folder>/" in msg  # the layout
     assert "python -m lpft.vision.data download imagenet" in msg
 
