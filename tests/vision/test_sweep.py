@@ -145,3 +145,12 @@ def test_run_id_matches_the_runner_default():
     for method, lr in (("ft", 3e-5), ("lpft", 1e-4), ("lp", None)):
         cfg = config.RunConfig(method=method, benchmark="digits", backbone="tiny_cnn", seed=2, lr=lr)
         assert config.default_run_id(cfg) == run_id_for("digits", "tiny_cnn", method, lr, 2)
+
+
+def test_preset_lrs_come_from_the_runner_presets(tmp_path):
+    config = pytest.importorskip("lpft.vision.config")
+    plan = plan_sweep("digits", "tiny_cnn", ["lp", "ft", "lpft"], [0], str(tmp_path), lrs="preset")
+    for r in plan:
+        want = config.resolve_config(config.RunConfig(method=r.method, benchmark="digits", backbone="tiny_cnn")).lr
+        assert r.lr == want
+    assert [r.lr is None for r in plan] == [True, False, False]

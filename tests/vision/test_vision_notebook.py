@@ -21,12 +21,13 @@ TINY = ["--backbone", "tiny_cnn", "--epochs", "1", "--limit", "32", "--quiet"]
 
 @pytest.fixture(scope="module")
 def small_runs(tmp_path_factory):
-    """Real runs of the offline default (digits) with a tiny backbone: LP, FT, LP-FT (2 seeds), WiSE-FT."""
+    """Real runs of the offline default (digits) with a tiny backbone: FT, LP-FT (2 seeds), LP, WiSE-FT."""
     from lpft.vision.run import main as run_main
 
     out = tmp_path_factory.mktemp("runs")
+    run_main(["--method", "lp", *TINY, "--out", str(out), "--seed", "0"])
     for seed in ("0", "1"):
-        for method in ("lp", "ft", "lpft"):
+        for method in ("ft", "lpft"):
             run_main(["--method", method, *TINY, "--out", str(out), "--seed", seed])
     run_main(["--method", "wiseft", *TINY, "--alphas", "0,0.5,1", "--out", str(out), "--seed", "0"])
     return out
