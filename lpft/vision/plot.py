@@ -19,7 +19,6 @@ For each (benchmark, backbone) found under the runs directory:
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 from pathlib import Path
