@@ -2,8 +2,9 @@
 
 * ``download NAME --root DIR``: fetch a benchmark's (or one dataset's) public data into DIR, resumably and
   checksum-verified, or print what to fetch by hand (ImageNet, ObjectNet).
-* ``check --root DIR [--benchmark NAME ...]``: per benchmark and split, found / missing / incomplete with
-  image counts against the official ones. Exit status 0 when every checked split is found, else 1.
+* ``check --root DIR [--benchmark NAME ...] [--verify-images]``: per benchmark and split, found / missing /
+  incomplete with image counts against the official ones (and, decoding every image, corrupt files).
+  Exit status 0 when every checked split is found, else 1.
 * ``list``: benchmarks with their splits, and downloadable datasets.
 """
 
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check", help="report what is present under --root")
     c.add_argument("--root", required=True)
     c.add_argument("--benchmark", action="append", help="only these benchmarks (repeatable)")
+    c.add_argument("--verify-images", action="store_true", help="decode every image and report corrupt files (slow)")
     sub.add_parser("list", help="list benchmarks and datasets")
     args = p.parse_args(argv)
 
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"next: python -m lpft.vision.data check --root {args.root}")
         return 0
     try:
-        rows = check_root(args.root, args.benchmark)
+        rows = check_root(args.root, args.benchmark, verify_images=args.verify_images, progress=args.verify_images)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

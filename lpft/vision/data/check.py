@@ -3,7 +3,7 @@
 Each split is opened exactly as a run would open it (no image is decoded) and its image count is compared
 with the official one: ``found`` (count reached, or no official count), ``incomplete`` (files or class
 folders missing, or fewer images than official), ``missing`` (not there at all), ``error`` (present but
-malformed, e.g. a bad split file).
+malformed, e.g. a bad split file), ``corrupt`` (with ``--verify-images``: some images cannot be decoded).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class SplitStatus:
 
     benchmark: str
     split: str
-    status: str  # found | incomplete | missing | error
+    status: str  # found | incomplete | missing | error | corrupt
     found: int | None
     expected: int | None
     detail: str = ""
@@ -41,8 +41,29 @@ def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-def check_root(root, names: Iterable[str] | None = None) -> list[SplitStatus]:
-    """Status of every split of the benchmarks ``names`` (default: all that need a data root)."""
+def find_corrupt(ds, progress: bool = True, desc: str = "") -> list[str]:
+    """Decode every image of split ``ds``; returns the files that cannot be decoded."""
+    from tqdm import tqdm
+
+    from lpft.vision.data.folders import CorruptImageError
+
+    bad = []
+    for i in tqdm(range(len(ds)), desc=f"decode {desc}", disable=not progress, leave=False):
+        try:
+            ds.load_item(i)
+        except CorruptImageError:
+            bad.append(str(ds.samples[i][0]))
+    return bad
+
+
+def check_root(
+    root, names: Iterable[str] | None = None, *, verify_images: bool = False, progress: bool = False
+) -> list[SplitStatus]:
+    """Status of every split of the benchmarks ``names`` (default: all that need a data root).
+
+    With ``verify_images`` every image is decoded (slow on real data) and a split with undecodable files
+    gets status ``corrupt``, its detail naming the count and the first file.
+    """
     from lpft.vision.data.fmow import WildsMissingError
 
     out: list[SplitStatus] = []
@@ -54,7 +75,9 @@ def check_root(root, names: Iterable[str] | None = None) -> list[SplitStatus]:
             for split in bench.splits:
                 exp = counts.get(split)
                 try:
-                    n = len(bench.load(root, split))
+                    ds = bench.load(root, split)
+                    n = len(ds)
+                    bad = find_corrupt(ds, progress, f"{name}/{split}") if verify_images else []
                 except WildsMissingError as e:
                     out.append(SplitStatus(name, split, "missing", None, exp, _first_line(e)))
                 except DatasetIncompleteError as e:
@@ -66,6 +89,9 @@ def check_root(root, names: Iterable[str] | None = None) -> list[SplitStatus]:
                 else:
                     status = "found" if exp is None or n >= exp else "incomplete"
                     detail = "" if exp is None or n == exp else f"{n - exp:+,} images vs official"
+                    if bad:
+                        status = "corrupt"
+                        detail = f"{len(bad)} undecodable image(s), e.g. {bad[0]}" + (f"; {detail}" if detail else "")
                     out.append(SplitStatus(name, split, status, n, exp, detail))
     return out
 

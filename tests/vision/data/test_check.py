@@ -69,3 +69,16 @@ def test_official_counts_cover_every_split(name):
 
     counts = check.official_counts(name)
     assert set(counts) == set(get_benchmark(name).splits)
+
+
+def test_verify_images_names_corrupt_files(tmp_path, capsys):
+    fixtures.build_imagenet(tmp_path, splits=("imagenet_a",))
+    bad = tmp_path / "imagenet-a" / load_facts("imagenet_a")["wnids"][4] / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 truncated")
+    rows = _rows(tmp_path, "imagenet")
+    assert rows[("imagenet", "imagenet_a")].status == "incomplete"  # counting does not decode
+    rows = {(r.benchmark, r.split): r for r in check.check_root(tmp_path, ["imagenet"], verify_images=True)}
+    a = rows[("imagenet", "imagenet_a")]
+    assert a.status == "corrupt" and a.found == 201 and "1 undecodable image(s)" in a.detail and "broken.jpg" in a.detail
+    assert main(["check", "--root", str(tmp_path), "--benchmark", "imagenet", "--verify-images"]) == 1
+    assert "corrupt" in capsys.readouterr().out
