@@ -70,9 +70,18 @@ def _canonical_key(cache_key: Mapping[str, Any]) -> str:
     if not isinstance(cache_key, Mapping) or not cache_key:
         raise ValueError(f"cache_key must be a non-empty dict, got {cache_key!r}")
     try:
-        return json.dumps(dict(cache_key), sort_keys=True, separators=(",", ":"), default=str)
+        return json.dumps(dict(cache_key), sort_keys=True, separators=(",", ":"), default=_json_default)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"cache_key must be JSON-serialisable: {exc}") from None
+
+
+def _json_default(o: Any):
+    # only values with one obvious canonical form: paths, numpy/torch scalars and arrays
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"object of type {type(o).__name__} has no canonical JSON form")
 
 
 def cache_path(cache_dir: str | Path, cache_key: Mapping[str, Any]) -> Path:

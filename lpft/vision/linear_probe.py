@@ -93,6 +93,8 @@ def _as_tensor(name: str, a: Any) -> torch.Tensor:
     if isinstance(a, torch.Tensor):
         return a.detach()
     if isinstance(a, np.ndarray):
+        if a.dtype.kind not in "biuf":
+            raise ValueError(f"{name} must hold real numbers, got numpy dtype {a.dtype}")
         return torch.from_numpy(np.ascontiguousarray(a))
     raise ValueError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(a).__name__}")
 
@@ -189,6 +191,9 @@ class _Problem:
 def _lbfgs(problem: _Problem, V0: torch.Tensor, d: torch.Tensor, s_curv: float, *, max_iter: int, tol: float,
            memory: int = 10) -> tuple[torch.Tensor, int]:
     """Minimise ``problem`` over ``U`` (``V = U * d``) from ``V0``; returns ``(V, iterations)``."""
+    # scipy's L-BFGS-B (used by sklearn) stops at a relative decrease of 64 eps in float64; with float32
+    # matmuls the objective (summed in float64) is only good to ~1e-9 relative, so stop there instead.
+    ftol = 64 * torch.finfo(torch.float64).eps if V0.dtype == torch.float64 else 2e-9
     U = V0 / d
     f, gV = problem.value_grad(U * d)
     if problem.grad_maxabs(gV) <= tol:
@@ -244,8 +249,8 @@ def _lbfgs(problem: _Problem, V0: torch.Tensor, d: torch.Tensor, s_curv: float, 
         f_old, U, f, g, gV = f, U_new, f_new, g_new, gV_new
         if problem.grad_maxabs(gV) <= tol:
             break
-        if f_old - f <= 1e-12 * max(abs(f_old), abs(f), 1.0):
-            break
+        if f_old - f <= ftol * max(abs(f_old), abs(f), 1.0):
+            break  # relative decrease at the rounding level of the objective
     return U * d, it
 
 
