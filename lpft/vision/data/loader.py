@@ -24,12 +24,26 @@ def collate_images(batch: list) -> tuple:
         return None, torch.empty(0, dtype=torch.long), skipped
     imgs = [it[0] for it in items]
     labels = torch.as_tensor([int(it[1]) for it in items], dtype=torch.long)
-    if isinstance(imgs[0], torch.Tensor) or all(hasattr(i, "shape") for i in imgs):
+    if _channels_last_views(imgs):
+        # (C,H,W) views of (H,W,C) memory, e.g. pil_to_tensor: stack the memory as is (a plain copy instead
+        # of a strided gather) and hand back the same values as an (N,C,H,W) channels-last view
+        images: Any = default_collate([t.permute(1, 2, 0) for t in imgs]).permute(0, 3, 1, 2)
+    elif isinstance(imgs[0], torch.Tensor) or all(hasattr(i, "shape") for i in imgs):
         # default_collate stacks straight into shared memory inside a worker (no extra copy to ship it)
-        images: Any = default_collate(imgs)
+        images = default_collate(imgs)
     else:
         images = imgs
     return images, labels, skipped
+
+
+def _channels_last_views(imgs: list) -> bool:
+    t0 = imgs[0]
+    if not isinstance(t0, torch.Tensor) or t0.dim() != 3 or t0.is_contiguous():
+        return False
+    return all(
+        isinstance(t, torch.Tensor) and t.shape == t0.shape and t.dtype == t0.dtype and t.permute(1, 2, 0).is_contiguous()
+        for t in imgs
+    )
 
 
 def _worker_init(_worker_id: int) -> None:

@@ -99,3 +99,15 @@ def test_group_max_projection_matches_loop():
     assert torch.equal(out, ref)
     with pytest.raises(ValueError):
         GroupMaxProjection([[1], []])
+
+
+def test_collate_values_equal_plain_stack():
+    from lpft.vision.data.loader import collate_images
+
+    hwc_views = [torch.randint(0, 255, (5, 6, 3), dtype=torch.uint8).permute(2, 0, 1) for _ in range(4)]
+    x, y, skipped = collate_images([(t, i) for i, t in enumerate(hwc_views)] + [SkippedImage("gone.jpg")])
+    assert x.shape == (4, 3, 5, 6) and torch.equal(x, torch.stack(hwc_views))
+    assert y.tolist() == [0, 1, 2, 3] and skipped == ["gone.jpg"]
+    chw = [torch.randn(3, 5, 6) for _ in range(2)]
+    x, _, _ = collate_images([(t, 0) for t in chw])
+    assert x.is_contiguous() and torch.equal(x, torch.stack(chw))
