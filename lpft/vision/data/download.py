@@ -302,6 +302,8 @@ def _prepare_imagenet(root: Path, out) -> bool:
     from torchvision.datasets import ImageNet
 
     inet = root / "imagenet"
+    if all((inet / s).is_dir() for s in ("train", "val")):
+        return True
     meta = load_facts("imagenet_variants")["imagenet_1k"]["archives"]
     have = {k: (inet / k).is_file() for k in meta}
     if not have["ILSVRC2012_devkit_t12.tar.gz"]:

@@ -15,7 +15,9 @@ from lpft.vision.data.folders import SkippedImage
 def collate_images(batch: list) -> tuple:
     """Collate ``(image, label)`` items, dropping :class:`SkippedImage` placeholders.
 
-    Tensors are stacked; non-tensor images (PIL, when no transform is set) stay a list. Returns
+    Tensors are stacked (into shared memory inside a worker); ``(C,H,W)`` views of ``(H,W,C)`` memory, as
+    ``pil_to_tensor`` makes, are stacked as stored and returned as an ``(N,C,H,W)`` channels-last view (same
+    values, not contiguous). Non-tensor images (PIL, when no transform is set) stay a list. Returns
     ``(images, labels, skipped_paths)``.
     """
     skipped = [b.path for b in batch if isinstance(b, SkippedImage)]

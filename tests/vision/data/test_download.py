@@ -192,3 +192,10 @@ def test_names_resolve_and_unknown_is_listed(capsys):
     assert len(sentry) == 8 and all(f.sha256 for f in sentry)
     assert all(f.git_blob_sha1 for f in dl.DATASETS["cifar-10.1"].files)
     assert dl.DATASETS["cifar-10"].files[0].md5 == "c58f30108f718f92721af3b95e74349a"
+
+
+def test_imagenet_in_place_needs_no_instructions(tmp_path, capsys):
+    (tmp_path / "imagenet" / "train").mkdir(parents=True)
+    (tmp_path / "imagenet" / "val").mkdir()
+    assert dl.download("imagenet-1k", tmp_path, progress=False) == []
+    assert "in place" in capsys.readouterr().out
