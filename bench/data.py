@@ -16,7 +16,6 @@ the ratio they imply when the workers have their cores to themselves.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time

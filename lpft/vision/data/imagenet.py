@@ -17,7 +17,6 @@ Each dataset sits in the folder its archive extracts to, directly under ``--data
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from lpft.vision.data.base import Benchmark, register_benchmark
 from lpft.vision.data.folders import (

@@ -2,7 +2,6 @@
 
 import sys
 
-import numpy as np
 import pytest
 
 from lpft.vision.data import get_benchmark, load_split
