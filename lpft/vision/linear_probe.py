@@ -156,8 +156,9 @@ class _Problem:
     ``||W||^2 = ||V_w||^2`` (Q is orthogonal). Centring decouples the unpenalised intercept from ``W``.
     """
 
-    def __init__(self, Z, y, onehot, Q, col_mean, C):
-        self.Z, self.y, self.onehot, self.Q, self.col_mean = Z, y, onehot, Q, col_mean
+    def __init__(self, Z, y, Q, col_mean, C):
+        self.Z, self.y, self.Q, self.col_mean = Z, y, Q, col_mean
+        self.minus_one = torch.full((Z.shape[0], 1), -1.0, dtype=Z.dtype, device=Z.device)
         self.n = Z.shape[0]
         self.reg = 1.0 / (C * self.n)  # objective scaled by 1/(C N): mean CE + reg/2 ||W||^2 (as sklearn)
 
@@ -170,7 +171,7 @@ class _Problem:
         sumexp = probs.sum(dim=1)
         lse = m + sumexp.log()
         ce = (lse - picked).sum(dtype=torch.float64) / self.n
-        probs.div_(sumexp[:, None]).sub_(self.onehot)  # softmax - onehot
+        probs.div_(sumexp[:, None]).scatter_add_(1, self.y[:, None], self.minus_one)  # softmax - onehot
         g = (probs.T @ self.Z).div_(self.n)  # [K, D+1]
         vw = V[:, :-1]
         w2 = (vw * vw).sum(dtype=torch.float64)
@@ -368,8 +369,6 @@ def linear_probe(
     Z, Zv = with_ones(xs_tr), with_ones(xs_va)
     del xs_tr, xs_va
     yt = remap[y_tr].to(dev)
-    onehot = torch.zeros(n, k, dtype=dtype, device=dev)
-    onehot[torch.arange(n, device=dev), yt] = 1.0
     yv = remap[y_va].to(dev)  # -1 for val classes never seen in train: always counted wrong
 
     V = torch.zeros(k, dim + 1, dtype=dtype, device=dev)
@@ -378,7 +377,7 @@ def linear_probe(
     best_acc, best_c, best_V = -1.0, None, None
     bar = tqdm(cs, desc="linear probe (C path)", disable=not progress, leave=False)
     for c in bar:
-        problem = _Problem(Z, yt, onehot, Qc, col_mean, c)
+        problem = _Problem(Z, yt, Qc, col_mean, c)
         if precondition:
             # mean softmax curvature p(1-p) at the warm start sets the data/regulariser balance
             p = torch.softmax(Z @ V.T, dim=1)
