@@ -16,12 +16,13 @@ Solver (why it is faster than scikit-learn's lbfgs at equal accuracy):
 * the data are a torch tensor on the GPU when there is one; the big matmuls run in float32 (half the cost
   of scikit-learn's float64 on CPU). Statistics, the eigendecomposition below and the final head are float64.
 * full-batch L-BFGS (memory 10, Armijo backtracking from the unit step) in a *preconditioned*
-  parametrisation: with ``A = [X_std, 1]`` and ``A^T A / N = Q diag(lam) Q^T`` (computed once), the
-  parameters are ``U`` with ``[W, b] = U diag(d) Q^T`` and ``d = (lam + delta_C)^(-1/2)``, where
-  ``delta_C = 1 / (C N s)`` and ``s`` is the mean softmax curvature ``p (1 - p)`` at the warm start. This is
-  an approximate Newton scaling of the block Hessian ``s A^T A / N + I / (C N)``, so L-BFGS needs far fewer
-  iterations on anisotropic features. It is a change of variables only: the objective, its minimiser and the
-  stopping rule are unchanged.
+  parametrisation. The standardised features are column-centred (the shift is absorbed exactly by the
+  unpenalised intercept, ``b~ = b + W m``, which decouples ``b`` from ``W``), and with
+  ``X_c^T X_c / N = Q diag(lam) Q^T`` (one eigendecomposition, computed once) the weights are
+  ``W = U diag(d) Q^T`` with ``d = (lam + delta_C)^(-1/2)``, ``delta_C = 1 / (C N s)`` and ``s`` the mean
+  softmax curvature ``p (1 - p)`` at the warm start. This approximates a Newton scaling of the block Hessian
+  ``s X_c^T X_c / N + I / (C N)``, so L-BFGS needs fewer iterations on anisotropic features. It is a change
+  of variables only: the objective, its minimiser and the stopping rule are unchanged.
 * the stopping rule is scikit-learn's: the max-abs gradient of the objective divided by ``C N`` (mean loss +
   ``||W||^2 / (2 C N)``), taken in the standardised ``(W, b)`` coordinates, is at most ``tol`` (1e-4), or
   ``max_iter`` iterations (200, as LP-FT), or no further decrease is possible in floating point.
@@ -29,6 +30,10 @@ Solver (why it is faster than scikit-learn's lbfgs at equal accuracy):
 float32 is enough here: the objective is summed in float64, and at ``tol=1e-4`` on the mean-loss gradient
 the float32 rounding of the matmuls (~1e-7 relative) is far below the tolerance; the tests check the
 weights and objective against scikit-learn's float64 solution. Pass ``dtype=torch.float64`` for more.
+
+Note: ``lpft.vision`` re-exports the function :func:`linear_probe`, which shadows this module's name on the
+package, so ``lpft.vision.linear_probe`` is the function; import from this module with
+``from lpft.vision.linear_probe import linear_probe, LinearProbeResult``.
 """
 
 from __future__ import annotations
@@ -107,7 +112,8 @@ def _check_features(name: str, a: Any) -> torch.Tensor:
         raise ValueError(f"{name} must hold real numbers, got dtype {x.dtype}")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
-    x = x.to(torch.float64) if x.dtype != torch.float64 else x
+    if not x.is_floating_point():
+        x = x.to(torch.float32)
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     return x
@@ -128,6 +134,16 @@ def _check_labels(name: str, a: Any, n: int) -> torch.Tensor:
     if (y < 0).any():
         raise ValueError(f"{name} contains negative labels (min {int(y.min())}); expected 0..num_classes-1")
     return y
+
+
+def _scalar_mean_std(x: torch.Tensor, chunk: int = 1 << 16) -> tuple[float, float]:
+    """Mean and std (ddof=0) over all entries, accumulated in float64 by row chunks (no full copy)."""
+    total = sum(float(x[i : i + chunk].sum(dtype=torch.float64)) for i in range(0, x.shape[0], chunk))
+    mu = total / x.numel()
+    sq = sum(
+        float(((x[i : i + chunk].to(torch.float64) - mu) ** 2).sum()) for i in range(0, x.shape[0], chunk)
+    )
+    return mu, math.sqrt(sq / x.numel())
 
 
 def _check_cs(Cs: Sequence[float] | None) -> list[float]:
@@ -332,8 +348,7 @@ def linear_probe(
     dev = resolve_device(device)
 
     # LP-FT standardisation: a single scalar mean/std over all train entries (np.std, ddof=0).
-    mu = float(x_tr.mean())
-    sigma = float(x_tr.std(unbiased=False))
+    mu, sigma = _scalar_mean_std(x_tr)
     if not sigma > 0:
         raise ValueError("train_x is constant (std 0): cannot standardise")
 
@@ -349,10 +364,10 @@ def linear_probe(
 
     # Centre the columns (b~ = b + W m absorbs the shift), then rotate into the eigenbasis of the
     # second-moment matrix for the preconditioner; append the intercept column.
-    xs_tr = ((x_tr.to(dev) - mu) / sigma).to(dtype)
+    xs_tr = x_tr.to(dev, dtype).sub(mu).div_(sigma)
     col_mean = xs_tr.mean(dim=0)
     xs_tr -= col_mean
-    xs_va = ((x_va.to(dev) - mu) / sigma).to(dtype) - col_mean
+    xs_va = x_va.to(dev, dtype).sub(mu).div_(sigma).sub_(col_mean)
     if precondition:
         gram = ((xs_tr.T @ xs_tr) / n).to(torch.float64)
         lam, Q = torch.linalg.eigh(gram)
