@@ -8,6 +8,10 @@ transform is the identity, so the ratio isolates the pipeline's own overhead (co
     python bench/features.py                         # efficientnet_lite0 at 64 px, 512 images, CPU
     python bench/features.py --device cuda --n 4096 --batch-size 256
     python bench/features.py --backbone tiny_clip --image-size 32 --json out.json
+    python bench/features.py --threads 1 --repeats 21 --n 256 --batch-size 64   # on a busy shared CPU
+
+On a CPU shared with other jobs, multi-threaded timings swing several-fold (thread oversubscription); with
+``--threads 1`` and many short interleaved repeats the two sides are measured under the same conditions.
 
 Prints per-repeat timings, the median images/s of both, and ``ratio = pipeline / bare`` throughput (target
 >= 0.9), from the medians and from the fastest repeats (the least disturbed ones on a shared machine).
