@@ -57,6 +57,7 @@ class RunConfig:
     schedule: str | None = None  # "cosine_epoch" (LP-FT) | "cosine_step" (WiSE-FT, with warm-up)
     freeze_bn: bool | None = None  # LP-FT: whole network in eval mode while fine-tuning
     num_workers: int = 0
+    on_corrupt: str = "stop"  # a corrupt image stops the run ("stop") or is skipped and counted ("skip")
 
     # linear probing
     lp_num_cs: int | None = None  # 50 in the LP-FT protocol
@@ -211,6 +212,8 @@ def _validate(cfg: RunConfig) -> None:
         bad = [a for a in cfg.alphas if not 0.0 <= a <= 1.0]
         if bad:
             raise ValueError(f"--alphas must lie in [0, 1], got {bad}")
+    if cfg.on_corrupt not in ("stop", "skip"):
+        raise ValueError(f"on_corrupt must be 'stop' or 'skip', got {cfg.on_corrupt!r}")
     if cfg.wiseft_finetune not in ("end_to_end", "linear"):
         raise ValueError(f"wiseft_finetune must be 'end_to_end' or 'linear', got {cfg.wiseft_finetune!r}")
     if cfg.templates not in ("imagenet", "benchmark", "simple"):

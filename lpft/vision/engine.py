@@ -99,19 +99,21 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, device: torch.device, num_workers: int = 0,
-                generator: torch.Generator | None = None, drop_last: bool = False) -> DataLoader:
-    """A DataLoader with pinned memory on CUDA, persistent workers, and a DistributedSampler under DDP."""
+                seed: int | None = None, drop_last: bool = False) -> DataLoader:
+    """The benchmark loader of :func:`lpft.vision.data.loader.make_loader` (decoding in workers, pinned
+    memory on CUDA, corrupt-image skipping), seeded; under DDP each rank reads its shard of the data
+    through a :class:`~torch.utils.data.distributed.DistributedSampler`."""
+    from lpft.vision.data.loader import ImageLoader, collate_images
+    from lpft.vision.data.loader import make_loader as data_loader
+
     rank, world = dist_world()
-    sampler = None
     if world > 1 and shuffle:
-        sampler = torch.utils.data.distributed.DistributedSampler(dataset, num_replicas=world, rank=rank,
-                                                                  shuffle=True, seed=int(generator.initial_seed()) if generator else 0)
-        shuffle = False
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=num_workers,
-        pin_memory=device.type == "cuda", persistent_workers=num_workers > 0, generator=generator,
-        drop_last=drop_last,
-    )
+        sampler = torch.utils.data.distributed.DistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed or 0, drop_last=drop_last)
+        return ImageLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                           pin_memory=device.type == "cuda", collate_fn=collate_images,
+                           persistent_workers=num_workers > 0, drop_last=drop_last)
+    return data_loader(dataset, batch_size, shuffle, num_workers, device, seed=seed, drop_last=drop_last)
 
 
 # --- evaluation -----------------------------------------------------------------------------------------
@@ -268,10 +270,9 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, s: TrainSettin
     steps_per_epoch = None
     loss_fn = nn.CrossEntropyLoss()
     for epoch in range(start_epoch, s.epochs):
-        gen = torch.Generator().manual_seed(s.seed * 1000 + epoch)
         torch.manual_seed(s.seed * 1000 + epoch)  # augmentation / dropout draws of this epoch
         loader = make_loader(train_set, s.batch_size, shuffle=True, device=device, num_workers=s.num_workers,
-                             generator=gen)
+                             seed=s.seed * 1000 + epoch)
         if world > 1 and hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
         steps_per_epoch = len(loader)
@@ -370,8 +371,7 @@ def recompute_batchnorm(model: nn.Module, dataset: Dataset, *, batch_size: int, 
     model.eval()
     for m in bns:
         m.train()
-    gen = torch.Generator().manual_seed(seed)
-    loader = make_loader(dataset, batch_size, shuffle=True, device=device, num_workers=num_workers, generator=gen)
+    loader = make_loader(dataset, batch_size, shuffle=True, device=device, num_workers=num_workers, seed=seed)
     try:
         for i, (x, _) in enumerate(tqdm(loader, desc="BN stats", disable=not progress, leave=False)):
             if max_batches is not None and i >= max_batches:

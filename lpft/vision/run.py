@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     g.add_argument("--image-size", type=int, default=None)
+    g.add_argument("--on-corrupt", choices=["stop", "skip"], default="stop",
+                   help="a corrupt image stops the run (default) or is skipped and counted")
     g = p.add_argument_group("methods")
     g.add_argument("--alphas", type=_float_list, default=None, help="WiSE-FT alpha grid (default 0,0.1,...,1)")
     g.add_argument("--wiseft-finetune", choices=["end_to_end", "linear"], default="end_to_end")
@@ -87,7 +89,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         weight_decay=args.weight_decay, num_workers=args.num_workers, alphas=args.alphas,
         wiseft_finetune=args.wiseft_finetune, wiseft_recompute_bn=not args.no_bn_recompute,
         templates=args.templates, lp_num_cs=args.lp_num_cs, limit=args.limit, cache_dir=args.cache_dir,
-        distortion=not args.no_distortion,
+        distortion=not args.no_distortion, on_corrupt=args.on_corrupt,
     )
 
 
@@ -163,7 +165,10 @@ def run(cfg: RunConfig, *, progress: bool = True) -> Path:
     root = cfg.data_root
 
     def split(name, transform):
-        return _limit(load_split(cfg.benchmark, root, name, transform), cfg.limit, seed=0)  # the same subset for every seed
+        ds = load_split(cfg.benchmark, root, name, transform)
+        if hasattr(ds, "on_corrupt"):
+            ds.on_corrupt = cfg.on_corrupt
+        return _limit(ds, cfg.limit, seed=0)  # the same subset for every seed
 
     train_set = split("id_train", backbone.train_transform)
     train_set_eval = split("id_train", backbone.eval_transform)
