@@ -358,10 +358,6 @@ def linear_probe(
     k = present.numel()
     n, dim = x_tr.shape
 
-    def augmented(x):  # [x_std, 1] in the compute dtype on the device
-        xs = ((x.to(dev) - mu) / sigma).to(dtype)
-        return torch.cat([xs, torch.ones(xs.shape[0], 1, dtype=dtype, device=dev)], dim=1)
-
     # Centre the columns (b~ = b + W m absorbs the shift), then rotate into the eigenbasis of the
     # second-moment matrix for the preconditioner; append the intercept column.
     xs_tr = x_tr.to(dev, dtype).sub(mu).div_(sigma)
