@@ -49,6 +49,7 @@ class RunConfig:
     lr: float | None = None
     epochs: int | None = None
     batch_size: int | None = None
+    protocol: str | None = None  # "lpft" (SGD, per-epoch cosine) | "wiseft" (AdamW, warm-up, clipping)
     optimizer: str | None = None
     momentum: float | None = None
     weight_decay: float | None = None
@@ -102,6 +103,8 @@ WISEFT_PROTOCOL = dict(
     optimizer="adamw", momentum=None, weight_decay=0.1, warmup_steps=500, grad_clip=1.0,
     schedule="cosine_step", batch_size=512, epochs=10, lr=3e-5,
 )
+PROTOCOLS = {"lpft": LPFT_PROTOCOL, "wiseft": WISEFT_PROTOCOL}
+RECIPE_KEYS = ("optimizer", "momentum", "weight_decay", "warmup_steps", "grad_clip", "schedule")
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "lp": dict(lp_train_augment=True),
     "ft": dict(LPFT_PROTOCOL, lr=1e-3, freeze_bn=False),
@@ -120,7 +123,7 @@ BENCHMARK_PRESETS: dict[str, dict[str, Any]] = {
     "cifar10": dict(backbone="moco_v2_resnet50", epochs=20, lr={"ft": 1e-3, "lpft": 1e-4}),
     "domainnet": dict(backbone="clip_rn50", epochs=50, lr={"ft": 1e-3, "lpft": 3e-7}),
     "fmow": dict(backbone="moco_v2_resnet50", epochs=50, lr={"ft": 1e-2, "lpft": 1e-4}),
-    "imagenet": dict(backbone="clip_vit_b16", epochs=10, batch_size=128, templates="imagenet",
+    "imagenet": dict(backbone="clip_vit_b16", epochs=10, batch_size={"ft": 128, "lpft": 128}, templates="imagenet",
                      lr={"ft": 1e-4, "lpft": 1e-5}),
 }
 PAIR_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
@@ -160,8 +163,22 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
     if bench_p:
         layers.append((cfg.benchmark, bench_p))
     method_p = dict(METHOD_DEFAULTS[cfg.method])
-    if _wiseft_clip(cfg):  # WiSE-FT's own protocol for zero-shot CLIP models
-        method_p.update(WISEFT_PROTOCOL)
+    if cfg.protocol is None and _wiseft_clip(cfg):  # WiSE-FT's own protocol for zero-shot CLIP models
+        cfg.protocol = "wiseft"
+    if cfg.protocol is not None:
+        if cfg.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {cfg.protocol!r}; expected one of: {', '.join(PROTOCOLS)}")
+        if cfg.method in ("lp", "zeroshot"):
+            raise ValueError(f"--protocol sets the fine-tuning recipe; method {cfg.method!r} does not fine-tune")
+        proto = dict(PROTOCOLS[cfg.protocol])
+        # an explicit protocol outranks the presets' optimiser recipe; learning rate, batch size and
+        # epochs still come from the presets (falling back to the protocol's values)
+        for k in RECIPE_KEYS:
+            if getattr(cfg, k) is None and k in proto:
+                setattr(cfg, k, proto[k])
+        method_p.update(proto)
+    else:
+        cfg.protocol = "lpft" if cfg.method in ("ft", "lpft", "wiseft") else None
     layers.append((f"method:{cfg.method}", method_p))
 
     names = [n for n, _ in layers]

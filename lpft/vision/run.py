@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=None)
     g.add_argument("--epochs", type=int, default=None)
     g.add_argument("--batch-size", type=int, default=None)
+    g.add_argument("--protocol", choices=["lpft", "wiseft"], default=None,
+                   help="fine-tuning recipe: lpft = SGD momentum 0.9 + per-epoch cosine, no weight decay; wiseft = "
+                        "AdamW wd 0.1 + 500 warm-up steps + per-step cosine + clipping at norm 1 (default: preset)")
     g.add_argument("--optimizer", choices=["sgd", "adamw"], default=None)
     g.add_argument("--weight-decay", type=float, default=None)
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
@@ -85,7 +88,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         method=args.method, backbone=args.backbone, benchmark=args.benchmark, data_root=args.data_root,
         out=args.out, run_id=args.run_id, seed=args.seed, device=args.device, resume=args.resume,
         weights=args.weights, pretrained=args.pretrained, image_size=args.image_size, lr=args.lr,
-        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, protocol=args.protocol,
         weight_decay=args.weight_decay, num_workers=args.num_workers, alphas=args.alphas,
         wiseft_finetune=args.wiseft_finetune, wiseft_recompute_bn=not args.no_bn_recompute,
         templates=args.templates, lp_num_cs=args.lp_num_cs, limit=args.limit, cache_dir=args.cache_dir,

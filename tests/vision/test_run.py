@@ -244,3 +244,30 @@ def test_cli_entry_point_runs(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "lpft.vision.run", "--method", "nope"], env=env,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "expected one of" in bad.stderr
+
+
+def test_protocol_presets_resolve_to_the_papers_recipes():
+    lpft_ft = resolve_config(RunConfig(method="ft", benchmark="living17"))
+    assert (lpft_ft.optimizer, lpft_ft.momentum, lpft_ft.weight_decay, lpft_ft.schedule, lpft_ft.epochs,
+            lpft_ft.lr, lpft_ft.batch_size) == ("sgd", 0.9, 0.0, "cosine_epoch", 20, 1e-3, 64)
+    assert resolve_config(RunConfig(method="lpft", benchmark="living17")).freeze_bn is True
+    assert resolve_config(RunConfig(method="lpft", benchmark="domainnet")).lr == 3e-7
+    wise = resolve_config(RunConfig(method="wiseft", benchmark="imagenet"))
+    assert (wise.backbone, wise.optimizer, wise.weight_decay, wise.warmup_steps, wise.grad_clip, wise.lr,
+            wise.batch_size, wise.epochs, wise.schedule) == ("clip_vit_b16", "adamw", 0.1, 500, 1.0, 3e-5, 512, 10,
+                                                            "cosine_step")
+    assert wise.alphas == [round(0.1 * i, 1) for i in range(11)]
+    chosen = resolve_config(RunConfig(method="ft", protocol="wiseft"))
+    assert (chosen.optimizer, chosen.grad_clip, chosen.batch_size) == ("adamw", 1.0, 32)  # digits batch kept
+    with pytest.raises(ValueError, match="does not fine-tune"):
+        resolve_config(RunConfig(method="lp", protocol="wiseft"))
+
+
+def test_learning_rate_schedules():
+    lr = lambda **k: engine.learning_rate(1.0, steps_per_epoch=10, epochs=4, **k)  # noqa: E731
+    assert [lr(schedule="cosine_epoch", step=0, epoch=e) for e in range(4)] == pytest.approx([1, 0.8535534, 0.5, 0.1464466])
+    assert lr(schedule="cosine_step", step=0, epoch=0, warmup_steps=5) == pytest.approx(0.2)
+    assert lr(schedule="cosine_step", step=5, epoch=0, warmup_steps=5) == pytest.approx(1.0)
+    assert lr(schedule="cosine_step", step=39, epoch=3, warmup_steps=5) < 0.01
+    with pytest.raises(ValueError, match="unknown schedule"):
+        lr(schedule="step", step=0, epoch=0)
