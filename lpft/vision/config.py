@@ -128,10 +128,13 @@ BENCHMARK_PRESETS: dict[str, dict[str, Any]] = {
 }
 PAIR_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # Offline default: lite0 at 64 px on 8x8 digits; no augmentation (a flipped digit is another digit).
-    # Learning rates chosen on digits' ID validation split (see README "digits").
+    # Learning rates from seed-0 runs judged on ID validation only: FT 3e-2 (99.7% ID val); LP-FT with
+    # frozen BatchNorm diverges at 1e-3 and above, and 1e-4 / 3e-5 / 1e-5 end within one validation image
+    # of each other, so the paper's usual 1e-4 is kept. WiSE-FT's fine-tuning stage (train-mode BatchNorm,
+    # from the LP head) uses 3e-3, not tuned.
     ("digits", "efficientnet_lite0"): dict(
         image_size=64, augment=False, lp_train_augment=False, batch_size=32, epochs=6,
-        lr={"ft": 3e-2, "lpft": 3e-3, "wiseft": 3e-3}, lp_num_cs=20,
+        lr={"ft": 3e-2, "lpft": 1e-4, "wiseft": 3e-3}, lp_num_cs=20,
     ),
     ("digits", "tiny_cnn"): dict(image_size=32, augment=False, lp_train_augment=False, batch_size=32,
                                  epochs=2, lr={"ft": 1e-2, "lpft": 1e-3, "wiseft": 1e-3}, lp_num_cs=10),
