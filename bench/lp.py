@@ -10,6 +10,11 @@ The features are synthetic but structured like pooled CNN features: class means 
 with a power-law spectrum in a random basis, then a shifted ReLU (non-negative, non-zero mean), so the
 scalar standardisation and the conditioning matter as on real features.
 
+Measured on the shared 2-core CPU machine (other jobs running; --noise 1.4): at the default size lpft
+took 144 s vs scikit-learn 561 s (3.9x; 91 vs 421 L-BFGS iterations over the path; the one-off 2049x2049
+eigendecomposition of the preconditioner was ~37 s of lpft's time); at --n 10000 --dim 1024 --classes 100,
+60 s vs 287 s (4.75x). Accuracy was equal or better (see the printed val/test numbers).
+
 Usage::
 
     python bench/lp.py                       # issue default: 20,000 x 2,048, 100 classes, 50 Cs
