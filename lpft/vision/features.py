@@ -22,9 +22,10 @@ from typing import Any, Mapping
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from lpft.vision.data.loader import make_loader
 from lpft.vision.io import torch_save_atomic
 
 __all__ = ["extract_features", "resolve_device", "cache_path"]
@@ -159,15 +160,9 @@ def extract_features(
 
     dev = resolve_device(device)
     on_cuda = dev.type == "cuda"
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=on_cuda,
-        persistent_workers=num_workers > 0,
-        drop_last=False,
-    )
+    # the benchmark loader: decoding in workers, pinned memory on CUDA, corrupt images skipped and
+    # counted when the dataset's policy says so
+    loader = make_loader(dataset, batch_size, False, num_workers, dev)
     was_training = backbone.training
     backbone.to(dev)
     if on_cuda:
