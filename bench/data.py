@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/data.py                       # makes 400 JPEGs (256x256) in a temp folder
+    python bench/data.py                       # makes 2000 JPEGs (256x256) in a temp folder
     python bench/data.py --folder DIR --workers 2 --batch-size 64 --json out.json
 
 Both sides decode every file to an RGB image; the loader additionally converts it to a uint8 tensor,
@@ -87,11 +87,11 @@ def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; prints and returns the numbers."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--folder", type=Path, help="folder of JPEGs (default: generate --n of them)")
-    ap.add_argument("--n", type=int, default=400)
+    ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3, help="timed passes per side; the best is kept")
+    ap.add_argument("--batch-size", type=int, default=64, help="LP-FT trains at batch 64")
+    ap.add_argument("--repeats", type=int, default=5, help="timed passes per side; the best is kept")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     args = ap.parse_args(argv)
 
