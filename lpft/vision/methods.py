@@ -7,7 +7,6 @@ evaluation on every split of the benchmark.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,11 +166,9 @@ def history_records(ctx: RunContext) -> list[dict]:
 
 def distortion_records(ctx: RunContext, model: nn.Module) -> list[dict]:
     """Feature change of the fine-tuned backbone vs the pretrained one on ID test and OOD splits (Sec. 4.3)."""
+    from lpft.vision.distortion import measure_distortion
+
     if not ctx.cfg.distortion:
-        return []
-    try:
-        from lpft.vision.distortion import measure_distortion
-    except ImportError:  # pragma: no cover - module is part of the package
         return []
     recs = []
     for s in ctx.bench.eval_splits:
@@ -268,14 +265,12 @@ def run_wiseft(ctx: RunContext) -> list[dict]:
         th = engine.interpolate_state_dicts(theta0, theta1, a)
         for v in variants:
             model.load_state_dict(th)
-            if v == "recomputed" and 0.0 < a < 1.0:
+            if v == "recomputed" and 0.0 < a < 1.0:  # the endpoints are reported exactly as they are
                 engine.recompute_batchnorm(model, ctx.train_set_eval, batch_size=cfg.eval_batch_size,
                                            device=ctx.device, num_workers=cfg.num_workers, seed=cfg.seed)
-            elif v == "recomputed" and a in (0.0, 1.0):
-                pass  # endpoints are reported exactly as the models they are
             records += evaluate_model(ctx, model, desc=f"a={a:g} ", alpha=a,
                                       bn_stats=v if bn else None)
     if cfg.distortion:
         model.load_state_dict(theta1)
-        records += [r for r in distortion_records(ctx, model)]
+        records += distortion_records(ctx, model)
     return records + history_records(ctx)

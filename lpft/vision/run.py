@@ -17,8 +17,6 @@ and prints a summary table.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
 import platform
 import sys
 import time
