@@ -15,7 +15,9 @@ from typing import Any, Iterator
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
+
+from lpft.vision.data.loader import make_loader
 
 
 @contextmanager
@@ -78,7 +80,8 @@ def measure_distortion(
     homes = [_device_of(backbone0), _device_of(backbone1)]
     backbone0.to(dev)
     backbone1.to(dev)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    # the benchmark loader: decoding in workers, pinned memory on CUDA, the dataset's corrupt-image policy
+    loader = make_loader(dataset, batch_size, False, num_workers, dev)
     sq_sum = l2_sum = cos_sum = 0.0
     n = dim = 0
     try:

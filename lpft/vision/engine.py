@@ -117,23 +117,17 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, device: tor
 
 
 # --- evaluation -----------------------------------------------------------------------------------------
-@torch.no_grad()
 def predict(model: nn.Module, dataset: Dataset, *, batch_size: int, device: torch.device, num_workers: int = 0,
             progress: bool = True, desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels of ``model`` (in eval mode) over ``dataset``; restores the model's mode after."""
-    was_training = model.training
-    model.eval()
-    loader = make_loader(dataset, batch_size, shuffle=False, device=device, num_workers=num_workers)
-    outs, labels = [], []
-    try:
-        for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
-            with autocast_for(device):
-                out = model(to_device(x, device))
-            outs.append(out.float().cpu())
-            labels.append(torch.as_tensor(y))
-    finally:
-        model.train(was_training)
-    return torch.cat(outs), torch.cat(labels).long()
+    """Logits and labels of ``model`` (in eval mode) over ``dataset``; restores the model's mode after.
+
+    The same batched, no-grad pass as feature extraction (:func:`lpft.vision.features.extract_features`),
+    with the model's outputs being logits and no cache.
+    """
+    from lpft.vision.features import extract_features
+
+    return extract_features(model, dataset, batch_size=batch_size, num_workers=num_workers, device=device,
+                            progress=progress, desc=desc)
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor, dataset: Any = None) -> float:

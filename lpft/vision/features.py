@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from lpft.vision.data.loader import make_loader
+from lpft.vision.engine import autocast_for, to_device
 from lpft.vision.io import torch_save_atomic
 
 __all__ = ["extract_features", "resolve_device", "cache_path"]
@@ -114,6 +115,7 @@ def extract_features(
     cache_dir: str | Path | None = None,
     cache_key: Mapping[str, Any] | None = None,
     progress: bool = True,
+    desc: str = "features",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run a frozen backbone over a dataset and collect its features.
 
@@ -132,6 +134,7 @@ def extract_features(
         cache_key: JSON-serialisable dict naming everything the features depend on (backbone name,
             weights_id, benchmark, split, transform repr, seed, ...). A cache hit does no forward pass.
         progress: show a tqdm bar over batches.
+        desc: label of the progress bar.
 
     Returns:
         ``(features, labels)``: ``[N, D]`` float32 CPU tensor and ``[N]`` int64 CPU tensor, in dataset order.
@@ -171,14 +174,12 @@ def extract_features(
     feats: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
     try:
-        for batch in tqdm(loader, desc="features", disable=not progress, leave=False):
+        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
             if not isinstance(batch, (list, tuple)) or len(batch) < 2:
                 raise ValueError("dataset items must be (image tensor, label) pairs")
             images, y = batch[0], batch[1]
-            images = images.to(dev, non_blocking=on_cuda)
-            if on_cuda:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on_cuda):
+            images = to_device(images, dev)
+            with autocast_for(dev):
                 out = backbone(images)
             if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != images.shape[0]:
                 shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
