@@ -1,18 +1,25 @@
 """Run configuration and the papers' protocols as presets.
 
-:class:`RunConfig` holds every knob of a run. ``resolve_config`` fills unset fields (``None``) from, in
-order of precedence: the command line, the preset for ``(benchmark, backbone)``, the benchmark's preset,
-the method's protocol defaults. The fully resolved config is written to ``<run_dir>/config.json``.
+:class:`RunConfig` holds every knob of a run. :func:`resolve_config` fills unset fields (``None``) from, in
+order of precedence: the command line, the preset for ``(benchmark, backbone)``, the backbone's preset, the
+benchmark's preset, the fine-tuning protocol, the method's defaults. It can report, per field, which layer
+set it (``provenance``); :mod:`lpft.vision.protocol` turns that into citations. The fully resolved config is
+written to ``<run_dir>/config.json``. Every recipe is documented with its source in ``docs/protocols.md``.
 
-Protocols (see ``PROTOCOL-LPFT.md`` / ``PROTOCOL-WISEFT.md``):
+Protocols:
 
-* LP-FT (Kumar et al. 2022): SGD, momentum 0.9, no weight decay, cosine schedule stepped once per epoch,
-  no warm-up, batch 64, 20 epochs (50 for DomainNet / FMoW, 10 for ImageNet); LP = L2 logistic regression
-  over 50 values of C in [1e-7, 1e2] chosen on ID validation; LP-FT fine-tunes from the LP head with the
-  network in eval mode (BatchNorm statistics frozen) and a smaller learning rate.
-* WiSE-FT (Wortsman et al. 2022): AdamW (wd 0.1 on all parameters), lr 3e-5, 500 warm-up steps then
-  cosine per step, gradient clipping at norm 1, 10 epochs, batch 512, head initialised from the zero-shot
-  classifier; interpolate over alpha in {0, 0.1, ..., 1}.
+* ``lpft`` (Kumar et al. 2022): SGD, momentum 0.9, no weight decay, cosine schedule stepped once per epoch,
+  no warm-up, batch 64, 20 epochs (50 for DomainNet / FMoW, 10 for ImageNet), fp32, best epoch by the
+  selection set; LP = L2 logistic regression over 50 values of C in [1e-7, 1e2]; LP-FT fine-tunes from the
+  LP head with the network in eval mode (BatchNorm statistics frozen) and a smaller learning rate; CLIP
+  features are the raw projected embedding; the benchmark owns its transforms.
+* ``wiseft`` (Wortsman et al. 2022): AdamW (wd 0.1 on all parameters), lr 3e-5, 500 warm-up steps then
+  cosine per step, gradient clipping at norm 1, 10 epochs, batch 512, fp32, the last epoch is theta_1, head
+  initialised from the zero-shot classifier on L2-normalised CLIP features, CLIP's own preprocessing;
+  interpolate over alpha in {0, 0.1, ..., 1}.
+
+``batch_size`` is always the **global** batch: under ``torchrun`` with N ranks and ``grad_accum`` K, every
+rank processes ``batch_size / (N * K)`` images per micro-step.
 """
 
 from __future__ import annotations
@@ -22,7 +29,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 METHODS = ("lp", "ft", "lpft", "wiseft", "zeroshot")
+FINETUNE_METHODS = ("ft", "lpft", "wiseft")
 OPTIMIZERS = ("sgd", "adamw")
+CHOICES: dict[str, tuple] = {
+    "precision": ("fp32", "bf16"),
+    "selection": ("paper", "heldout"),
+    "fmow_val": ("id", "ood"),
+    "lp_solver": ("lbfgs", "sgd"),
+    "select_epoch": ("best", "last"),
+    "transforms": ("benchmark", "backbone"),
+    "on_corrupt": ("stop", "skip"),
+    "wiseft_finetune": ("end_to_end", "linear"),
+    "templates": ("imagenet", "benchmark", "simple"),
+}
+#: benchmarks whose official LP-FT configs define their own transforms (docs/protocols.md)
+OFFICIAL_TRANSFORM_BENCHMARKS = ("living17", "entity30", "cifar10", "domainnet", "fmow", "imagenet")
+
+
+def is_clip_name(backbone: str | None) -> bool:
+    """Whether a registered backbone name is a CLIP model (image + text towers)."""
+    return backbone is not None and (backbone.startswith("clip_") or backbone == "tiny_clip")
 
 
 @dataclass
@@ -44,11 +70,18 @@ class RunConfig:
     pretrained: str | None = None
     image_size: int | None = None
     augment: bool | None = None
+    feature_norm: bool | None = None  # CLIP only: L2-normalise the image embedding (WiSE-FT) or not (LP-FT)
+    transforms: str | None = None  # "benchmark" (official dataset configs) | "backbone" (its own preprocessing)
+
+    # data
+    selection: str | None = None  # "paper": the official selection set, full train | "heldout": held-out val
+    fmow_val: str | None = None  # FMoW only: WILDS 'val' read as ID Val (wilds 1.1.0) or OOD Val (>= 1.2.1)
 
     # optimisation (fine-tuning stage of ft / lpft / wiseft)
     lr: float | None = None
     epochs: int | None = None
-    batch_size: int | None = None
+    batch_size: int | None = None  # global batch (all ranks, all accumulation steps)
+    grad_accum: int = 1
     protocol: str | None = None  # "lpft" (SGD, per-epoch cosine) | "wiseft" (AdamW, warm-up, clipping)
     optimizer: str | None = None
     momentum: float | None = None
@@ -57,18 +90,23 @@ class RunConfig:
     grad_clip: float | None = None
     schedule: str | None = None  # "cosine_epoch" (LP-FT) | "cosine_step" (WiSE-FT, with warm-up)
     freeze_bn: bool | None = None  # LP-FT: whole network in eval mode while fine-tuning
+    select_epoch: str | None = None  # "best" ID-selection epoch (LP-FT) | "last" epoch (WiSE-FT's theta_1)
+    precision: str | None = None  # "fp32" (the papers; TF32 matmuls allowed on GPU) | "bf16" autocast
     num_workers: int = 0
     on_corrupt: str = "stop"  # a corrupt image stops the run ("stop") or is skipped and counted ("skip")
 
     # linear probing
+    lp_solver: str | None = None  # "lbfgs": sklearn-style C path | "sgd": LP-FT's torch SGD linear probe
     lp_num_cs: int | None = None  # 50 in the LP-FT protocol
     lp_c_min: float = 1e-7
     lp_c_max: float = 1e2
     lp_train_augment: bool | None = None
+    lp_sgd_lrs: list[float] | None = None
+    lp_sgd_epochs: int | None = None
 
     # WiSE-FT
     alphas: list[float] | None = None
-    wiseft_finetune: str = "end_to_end"  # or "linear": theta_1 differs from theta_0 in the head only
+    wiseft_finetune: str = "end_to_end"  # or "linear": fine-tune only the zero-shot head (the LC variant)
     wiseft_recompute_bn: bool = True
 
     # zero-shot
@@ -94,37 +132,50 @@ class RunConfig:
         return cls(**d)
 
 
-# --- protocol defaults per method --------------------------------------------------------------------
+# --- protocols ----------------------------------------------------------------------------------------
+# What every protocol fixes, whatever the method (docs/protocols.md, "Shared fields").
+LPFT_COMMON = dict(precision="fp32", selection="paper", lp_solver="lbfgs", feature_norm=False)
+WISEFT_COMMON = dict(precision="fp32", selection="paper", lp_solver="lbfgs", feature_norm=True)
+# The fine-tuning recipe (docs/protocols.md, "LP-FT protocol" / "WiSE-FT protocol").
 LPFT_PROTOCOL = dict(
-    optimizer="sgd", momentum=0.9, weight_decay=0.0, warmup_steps=0, grad_clip=None,
-    schedule="cosine_epoch", batch_size=64, epochs=20,
+    LPFT_COMMON, optimizer="sgd", momentum=0.9, weight_decay=0.0, warmup_steps=0, grad_clip=None,
+    schedule="cosine_epoch", batch_size=64, epochs=20, select_epoch="best",
 )
 WISEFT_PROTOCOL = dict(
-    optimizer="adamw", momentum=None, weight_decay=0.1, warmup_steps=500, grad_clip=1.0,
-    schedule="cosine_step", batch_size=512, epochs=10, lr=3e-5,
+    WISEFT_COMMON, optimizer="adamw", momentum=None, weight_decay=0.1, warmup_steps=500, grad_clip=1.0,
+    schedule="cosine_step", batch_size=512, epochs=10, lr=3e-5, select_epoch="last",
 )
 PROTOCOLS = {"lpft": LPFT_PROTOCOL, "wiseft": WISEFT_PROTOCOL}
-RECIPE_KEYS = ("optimizer", "momentum", "weight_decay", "warmup_steps", "grad_clip", "schedule")
+PROTOCOL_COMMON = {"lpft": LPFT_COMMON, "wiseft": WISEFT_COMMON}
+RECIPE_KEYS = ("optimizer", "momentum", "weight_decay", "warmup_steps", "grad_clip", "schedule", "select_epoch")
+FINETUNE_KEYS = ("lr", "epochs", "batch_size", "optimizer", "momentum", "weight_decay", "warmup_steps", "grad_clip",
+                 "schedule", "freeze_bn", "select_epoch")
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "lp": dict(lp_train_augment=True),
-    "ft": dict(LPFT_PROTOCOL, lr=1e-3, freeze_bn=False),
-    "lpft": dict(LPFT_PROTOCOL, lr=1e-4, freeze_bn=True, lp_train_augment=True),
-    "wiseft": dict(LPFT_PROTOCOL, lr=1e-4, freeze_bn=False, lp_train_augment=True,
-                   alphas=[round(0.1 * i, 1) for i in range(11)]),
+    "ft": dict(lr=1e-3, freeze_bn=False),
+    "lpft": dict(lr=1e-4, freeze_bn=True, lp_train_augment=True),
+    "wiseft": dict(lr=1e-4, freeze_bn=False, lp_train_augment=True, alphas=[round(0.1 * i, 1) for i in range(11)]),
     "zeroshot": dict(),
 }
 
-# --- presets: benchmark-level, then (benchmark, backbone) ---------------------------------------------
-# Best learning rates from the LP-FT release (PROTOCOL-LPFT.md 4.2 / 4.4).
+# --- presets: benchmark, backbone, then (benchmark, backbone) ------------------------------------------
+# Learning rates: the best runs of the LP-FT release (docs/protocols.md, "Learning rates").
 BENCHMARK_PRESETS: dict[str, dict[str, Any]] = {
     "digits": dict(backbone="efficientnet_lite0", templates="benchmark"),
     "living17": dict(backbone="moco_v2_resnet50", epochs=20, lr={"ft": 1e-3, "lpft": 1e-4}),
     "entity30": dict(backbone="moco_v2_resnet50", epochs=20, lr={"ft": 1e-3, "lpft": 3e-5}),
     "cifar10": dict(backbone="moco_v2_resnet50", epochs=20, lr={"ft": 1e-3, "lpft": 1e-4}),
     "domainnet": dict(backbone="clip_rn50", epochs=50, lr={"ft": 1e-3, "lpft": 3e-7}),
-    "fmow": dict(backbone="moco_v2_resnet50", epochs=50, lr={"ft": 1e-2, "lpft": 1e-4}),
-    "imagenet": dict(backbone="clip_vit_b16", epochs=10, batch_size={"ft": 128, "lpft": 128}, templates="imagenet",
-                     lr={"ft": 1e-4, "lpft": 1e-5}),
+    "fmow": dict(backbone="mocotp_fmow_resnet50", epochs=50, lr={"ft": 1e-2, "lpft": 1e-4}, fmow_val="id"),
+    # ImageNet LP (and the LP-FT head): the release's torch SGD linear probe, 5 epochs, lr grid 0.01/0.03/0.1
+    "imagenet": dict(backbone="clip_vit_b16", epochs=10, batch_size={"ft": 128, "lpft": 128, "lp": 128},
+                     templates="imagenet", lr={"ft": 1e-4, "lpft": 1e-5}, lp_solver={"lp": "sgd", "lpft": "sgd"},
+                     lp_sgd_lrs=[0.01, 0.03, 0.1], lp_sgd_epochs=5),
+}
+# Test backbones run every benchmark at their native 32 px.
+BACKBONE_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny_cnn": dict(image_size=32),
+    "tiny_clip": dict(image_size=32),
 }
 PAIR_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # Offline default: lite0 at 64 px on 8x8 digits; no augmentation (a flipped digit is another digit).
@@ -140,55 +191,71 @@ PAIR_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
                                  epochs=2, lr={"ft": 1e-2, "lpft": 1e-3, "wiseft": 1e-3}, lp_num_cs=10),
     ("digits", "tiny_clip"): dict(image_size=32, augment=False, lp_train_augment=False, batch_size=32,
                                   epochs=2, lr={"ft": 1e-3, "lpft": 1e-4, "wiseft": 1e-4}, lp_num_cs=10),
-    # WiSE-FT protocol for CLIP on ImageNet (PROTOCOL-WISEFT.md section 3).
+    # WiSE-FT protocol for CLIP on ImageNet (Wortsman et al. 2022, Sec. 3; docs/protocols.md).
     ("imagenet", "clip_vit_b16"): dict(lr={"ft": 1e-4, "lpft": 1e-5, "wiseft": 3e-5}),
     ("imagenet", "clip_vit_b32"): dict(lr={"ft": 1e-4, "lpft": 1e-5, "wiseft": 3e-5}),
     ("imagenet", "clip_vit_l14"): dict(lr={"ft": 1e-4, "lpft": 1e-5, "wiseft": 3e-5}),
 }
 
 
-def _wiseft_clip(cfg: RunConfig) -> bool:
-    return cfg.method == "wiseft" and cfg.backbone is not None and cfg.backbone.startswith("clip_")
-
-
-def resolve_config(cfg: RunConfig) -> RunConfig:
-    """Fill every ``None`` field of ``cfg`` from the presets and protocol defaults (returns a copy)."""
-    if cfg.method not in METHODS:
-        raise ValueError(f"unknown method {cfg.method!r}; expected one of: {', '.join(METHODS)}")
-    cfg = dataclasses.replace(cfg)
-    layers: list[tuple[str, dict[str, Any]]] = []
-    bench_p = BENCHMARK_PRESETS.get(cfg.benchmark, {})
-    if cfg.backbone is None:
-        cfg.backbone = bench_p.get("backbone", "efficientnet_lite0")
-    pair_p = PAIR_PRESETS.get((cfg.benchmark, cfg.backbone), {})
-    if pair_p:
-        layers.append((f"{cfg.benchmark}/{cfg.backbone}", pair_p))
-    if bench_p:
-        layers.append((cfg.benchmark, bench_p))
-    method_p = dict(METHOD_DEFAULTS[cfg.method])
-    if cfg.protocol is None and _wiseft_clip(cfg):  # WiSE-FT's own protocol for zero-shot CLIP models
-        cfg.protocol = "wiseft"
+def _choose_protocol(cfg: RunConfig) -> str | None:
     if cfg.protocol is not None:
         if cfg.protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {cfg.protocol!r}; expected one of: {', '.join(PROTOCOLS)}")
-        if cfg.method in ("lp", "zeroshot"):
-            raise ValueError(f"--protocol sets the fine-tuning recipe; method {cfg.method!r} does not fine-tune")
-        proto = dict(PROTOCOLS[cfg.protocol])
-        # an explicit protocol outranks the presets' optimiser recipe; learning rate, batch size and
-        # epochs still come from the presets (falling back to the protocol's values)
-        for k in RECIPE_KEYS:
-            if getattr(cfg, k) is None and k in proto:
-                setattr(cfg, k, proto[k])
-        method_p.update(proto)
-    else:
-        cfg.protocol = "lpft" if cfg.method in ("ft", "lpft", "wiseft") else None
-    layers.append((f"method:{cfg.method}", method_p))
+        if cfg.method == "zeroshot":
+            raise ValueError("--protocol sets the fine-tuning / probing recipe; method 'zeroshot' does not train")
+        return cfg.protocol
+    if cfg.method == "zeroshot":
+        return None
+    # WiSE-FT's own protocol for zero-shot CLIP models; LP-FT's everywhere else
+    return "wiseft" if cfg.method == "wiseft" and is_clip_name(cfg.backbone) else "lpft"
 
-    names = [n for n, _ in layers]
+
+def resolve_config(cfg: RunConfig, provenance: dict[str, str] | None = None) -> RunConfig:
+    """Fill every ``None`` field of ``cfg`` from the presets and protocol defaults (returns a copy).
+
+    Args:
+        cfg: the requested config; fields that are not ``None`` are kept as given.
+        provenance: if a dict is passed, it receives ``{field: layer}`` for every field, where layer is
+            ``"given"``, ``"pair:<benchmark>/<backbone>"``, ``"backbone:<name>"``, ``"benchmark:<name>"``,
+            ``"protocol:<name>"``, ``"method:<name>"`` or ``"derived"`` (a rule of this function).
+    """
+    if cfg.method not in METHODS:
+        raise ValueError(f"unknown method {cfg.method!r}; expected one of: {', '.join(METHODS)}")
+    cfg = dataclasses.replace(cfg)
+    prov: dict[str, str] = {f.name: "given" for f in dataclasses.fields(cfg) if getattr(cfg, f.name) is not None}
+    bench_p = BENCHMARK_PRESETS.get(cfg.benchmark, {})
+    if cfg.backbone is None:
+        cfg.backbone = bench_p.get("backbone", "efficientnet_lite0")
+        prov["backbone"] = f"benchmark:{cfg.benchmark}" if "backbone" in bench_p else "derived"
+    protocol = _choose_protocol(cfg)
+    if cfg.protocol is None:
+        cfg.protocol = protocol
+        prov["protocol"] = "derived"
+    layers: list[tuple[str, dict[str, Any]]] = []
+    pair_p = PAIR_PRESETS.get((cfg.benchmark, cfg.backbone), {})
+    if pair_p:
+        layers.append((f"pair:{cfg.benchmark}/{cfg.backbone}", pair_p))
+    if cfg.backbone in BACKBONE_PRESETS:
+        layers.append((f"backbone:{cfg.backbone}", BACKBONE_PRESETS[cfg.backbone]))
+    if bench_p:
+        layers.append((f"benchmark:{cfg.benchmark}", bench_p))
+    if protocol is not None:
+        proto = PROTOCOLS[protocol] if cfg.method in FINETUNE_METHODS else PROTOCOL_COMMON[protocol]
+        if prov.get("protocol") == "given":
+            # an explicit protocol outranks the presets' optimiser recipe; learning rate, batch size and
+            # epochs still come from the presets (falling back to the protocol's values)
+            for k in RECIPE_KEYS:
+                if getattr(cfg, k) is None and k in proto:
+                    setattr(cfg, k, proto[k])
+                    prov[k] = f"protocol:{protocol}"
+        layers.append((f"protocol:{protocol}", proto))
+    layers.append((f"method:{cfg.method}", METHOD_DEFAULTS[cfg.method]))
+
     for f in dataclasses.fields(cfg):
         if getattr(cfg, f.name) is not None:
             continue
-        for _, layer in layers:
+        for name, layer in layers:
             if f.name in layer:
                 val = layer[f.name]
                 if isinstance(val, dict):  # per-method values (learning rates)
@@ -196,28 +263,68 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
                         continue
                     val = val[cfg.method]
                 setattr(cfg, f.name, val)
+                prov[f.name] = name
                 break
-    if cfg.preset is None:
-        cfg.preset = " > ".join(names)
-    if cfg.templates is None:
-        cfg.templates = "benchmark"
-    if cfg.lp_num_cs is None:
-        cfg.lp_num_cs = 50
-    if cfg.augment is None:
-        cfg.augment = True
-    if cfg.lp_train_augment is None:
-        cfg.lp_train_augment = cfg.augment
-    if cfg.eval_batch_size is None:
-        cfg.eval_batch_size = max(cfg.batch_size or 64, 128)
-    if cfg.method in ("lp", "zeroshot"):
-        cfg.lr = None
+    _derive(cfg, prov, [n for n, _ in layers])
     _validate(cfg)
+    if provenance is not None:
+        provenance.clear()
+        provenance.update(prov)
     return cfg
+
+
+def _derive(cfg: RunConfig, prov: dict[str, str], layer_names: list[str]) -> None:
+    """The rules that complete a config after the preset layers (each marked ``derived``)."""
+    def put(name: str, value: Any) -> None:
+        if getattr(cfg, name) is None:
+            setattr(cfg, name, value)
+            prov[name] = "derived"
+
+    put("preset", " > ".join(layer_names))
+    put("templates", "benchmark")
+    put("lp_num_cs", 50)
+    put("augment", True)
+    put("lp_train_augment", cfg.augment)
+    put("precision", "fp32")
+    put("selection", "heldout")
+    put("select_epoch", "best")
+    put("lp_solver", "lbfgs")
+    put("transforms", "benchmark" if cfg.protocol == "lpft" and cfg.benchmark in OFFICIAL_TRANSFORM_BENCHMARKS
+        else "backbone")
+    put("eval_batch_size", max(cfg.batch_size or 64, 128))
+    if cfg.method == "zeroshot" or (cfg.method == "wiseft" and is_clip_name(cfg.backbone)):
+        put("feature_norm", True)  # the zero-shot head classifies L2-normalised image features
+    if not is_clip_name(cfg.backbone) and prov.get("feature_norm") != "given":
+        cfg.feature_norm = None
+        prov["feature_norm"] = "derived"
+    if cfg.lp_solver == "sgd":
+        put("lp_sgd_lrs", [0.01, 0.03, 0.1])
+        put("lp_sgd_epochs", 5)
+    elif cfg.method in ("zeroshot", "ft") or (cfg.method == "wiseft" and is_clip_name(cfg.backbone)):
+        for k in ("lp_sgd_lrs", "lp_sgd_epochs", "lp_num_cs", "lp_train_augment"):
+            if prov.get(k) != "given":  # no linear probe in these methods
+                setattr(cfg, k, None)
+                prov.pop(k, None)
+    else:
+        for k in ("lp_sgd_lrs", "lp_sgd_epochs"):
+            if prov.get(k) != "given":
+                setattr(cfg, k, None)
+                prov.pop(k, None)
+    if cfg.method in ("lp", "zeroshot"):
+        keep = {"batch_size"} if cfg.lp_solver == "sgd" else set()  # the SGD probe's mini-batch
+        for k in FINETUNE_KEYS:
+            if k not in keep and (prov.get(k) != "given" or k == "lr"):
+                setattr(cfg, k, None)
+                prov.pop(k, None)
 
 
 def _validate(cfg: RunConfig) -> None:
     if cfg.optimizer is not None and cfg.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
+    for name, valid in CHOICES.items():
+        v = getattr(cfg, name)
+        if v is not None and v not in valid:
+            raise ValueError(f"{name} must be one of {', '.join(map(repr, valid))}; got {v!r}")
     for name in ("lr", "weight_decay", "grad_clip"):
         v = getattr(cfg, name)
         if v is not None and not v >= 0:
@@ -226,20 +333,25 @@ def _validate(cfg: RunConfig) -> None:
         v = getattr(cfg, name)
         if v is not None and v < 1 and not (name == "epochs" and v == 0):
             raise ValueError(f"{name} must be a positive integer, got {v}")
+    if not isinstance(cfg.grad_accum, int) or cfg.grad_accum < 1:
+        raise ValueError(f"--grad-accum must be a positive integer, got {cfg.grad_accum!r}")
     if cfg.limit is not None and cfg.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {cfg.limit}")
     if cfg.alphas is not None:
         bad = [a for a in cfg.alphas if not 0.0 <= a <= 1.0]
         if bad:
             raise ValueError(f"--alphas must lie in [0, 1], got {bad}")
-    if cfg.on_corrupt not in ("stop", "skip"):
-        raise ValueError(f"on_corrupt must be 'stop' or 'skip', got {cfg.on_corrupt!r}")
-    if cfg.wiseft_finetune not in ("end_to_end", "linear"):
-        raise ValueError(f"wiseft_finetune must be 'end_to_end' or 'linear', got {cfg.wiseft_finetune!r}")
-    if cfg.templates not in ("imagenet", "benchmark", "simple"):
-        raise ValueError(f"templates must be 'imagenet', 'benchmark' or 'simple', got {cfg.templates!r}")
+    if cfg.fmow_val is not None and cfg.benchmark != "fmow":
+        raise ValueError(f"--fmow-val applies to the fmow benchmark only, not {cfg.benchmark!r}")
+    if cfg.feature_norm is not None and not is_clip_name(cfg.backbone):
+        raise ValueError(f"feature_norm is a CLIP option; backbone {cfg.backbone!r} is not a CLIP model")
+    if cfg.wiseft_finetune == "linear" and cfg.method == "wiseft" and not is_clip_name(cfg.backbone):
+        raise ValueError("--wiseft-finetune linear needs a CLIP backbone (theta_0 = zero-shot head); for "
+                         f"{cfg.backbone!r} theta_0 is already the linear probe")
 
 
 def default_run_id(cfg: RunConfig) -> str:
+    """``{benchmark}-{backbone}-{method}[-lc]-lr{lr}-seed{seed}`` (``-lc``: WiSE-FT's linear-classifier variant)."""
     lr = "na" if cfg.lr is None else f"{cfg.lr:g}"
-    return f"{cfg.benchmark}-{cfg.backbone}-{cfg.method}-lr{lr}-seed{cfg.seed}"
+    variant = "-lc" if cfg.method == "wiseft" and cfg.wiseft_finetune == "linear" else ""
+    return f"{cfg.benchmark}-{cfg.backbone}-{cfg.method}{variant}-lr{lr}-seed{cfg.seed}"

@@ -4,7 +4,9 @@ Linear probing in LP-FT (Kumar et al., 2022, Sec. 4 and the official ``extract_f
 penultimate features once, with the network in ``eval()`` mode so that BatchNorm uses its running
 statistics and does not update them, then fits a logistic regression on the cached features. This module
 does the extraction step: no gradients, eval mode (the previous train/eval mode is restored afterwards),
-batched through a ``DataLoader``, bf16 autocast + channels_last on CUDA only.
+batched through a ``DataLoader``, channels_last on CUDA, in the run's precision (fp32, or bf16 autocast). Under
+``torchrun`` every rank extracts a strided shard and the shards are gathered back into dataset order, so every
+rank returns exactly the single-process result.
 
 Because extraction is the expensive part of an LP sweep (the C path is cheap), results can be cached under
 ``cache_dir/<sha256 of the canonical JSON of cache_key>.pt``. The key must name everything that changes the
@@ -26,46 +28,15 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from lpft.vision.data.loader import make_loader
-from lpft.vision.engine import autocast_for, to_device
+from lpft.vision.distributed import (autocast, broadcast_flag_all, gather_in_order, rank_world, resolve_device,
+                                     shard_indices, to_device)
 from lpft.vision.io import torch_save_atomic
 
 __all__ = ["extract_features", "resolve_device", "cache_path"]
 
 logger = logging.getLogger(__name__)
 
-_CACHE_FORMAT = 1
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """Turn a user device spec into a ``torch.device``.
-
-    Args:
-        device: ``None`` or ``"auto"`` (CUDA if available, else CPU), or any string ``torch.device``
-            accepts (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``), or a ``torch.device``.
-
-    Returns:
-        The resolved device.
-
-    Raises:
-        ValueError: if the string is not a valid device, or names CUDA when CUDA is unavailable.
-    """
-    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(device, torch.device):
-        dev = device
-    elif isinstance(device, str):
-        try:
-            dev = torch.device(device.strip())
-        except (RuntimeError, ValueError) as exc:
-            raise ValueError(
-                f"invalid device {device!r}: expected 'auto', 'cpu', 'cuda', 'cuda:<index>' or another "
-                f"torch device string ({exc})"
-            ) from None
-    else:
-        raise ValueError(f"device must be a string, torch.device or None, got {type(device).__name__}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use 'cpu' or 'auto'")
-    return dev
+_CACHE_FORMAT = 2
 
 
 def _canonical_key(cache_key: Mapping[str, Any]) -> str:
@@ -116,6 +87,7 @@ def extract_features(
     cache_key: Mapping[str, Any] | None = None,
     progress: bool = True,
     desc: str = "features",
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run a frozen backbone over a dataset and collect its features.
 
@@ -133,8 +105,9 @@ def extract_features(
         cache_dir: directory for the feature cache; used only together with ``cache_key``.
         cache_key: JSON-serialisable dict naming everything the features depend on (backbone name,
             weights_id, benchmark, split, transform repr, seed, ...). A cache hit does no forward pass.
-        progress: show a tqdm bar over batches.
+        progress: show a tqdm bar over batches (rank 0 only).
         desc: label of the progress bar.
+        precision: ``"fp32"`` or ``"bf16"`` (autocast); part of what a cache key must name.
 
     Returns:
         ``(features, labels)``: ``[N, D]`` float32 CPU tensor and ``[N]`` int64 CPU tensor, in dataset order.
@@ -152,19 +125,22 @@ def extract_features(
         raise ValueError("cache_dir and cache_key must be given together (or neither)")
 
     path = key_json = None
+    rank, world = rank_world()
     if cache_key is not None:
         key_json = _canonical_key(cache_key)
         path = cache_path(cache_dir, cache_key)
-        if path.exists():
-            hit = _load_cache(path, key_json)
-            if hit is not None:
-                logger.info("feature cache hit: %s", path)
-                return hit
+        hit = _load_cache(path, key_json) if path.exists() else None
+        if broadcast_flag_all(hit is not None):  # all ranks read the cache, or all recompute
+            logger.info("feature cache hit: %s", path)
+            return hit
 
     dev = resolve_device(device)
     on_cuda = dev.type == "cuda"
     # the benchmark loader: decoding in workers, pinned memory on CUDA, corrupt images skipped and
     # counted when the dataset's policy says so
+    n_total = len(dataset)
+    if world > 1:
+        dataset = torch.utils.data.Subset(dataset, shard_indices(n_total))
     loader = make_loader(dataset, batch_size, False, num_workers, dev)
     was_training = backbone.training
     backbone.to(dev)
@@ -174,12 +150,12 @@ def extract_features(
     feats: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
     try:
-        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        for batch in tqdm(loader, desc=desc, disable=not progress or rank != 0, leave=False):
             if not isinstance(batch, (list, tuple)) or len(batch) < 2:
                 raise ValueError("dataset items must be (image tensor, label) pairs")
             images, y = batch[0], batch[1]
             images = to_device(images, dev)
-            with autocast_for(dev):
+            with autocast(dev, precision):
                 out = backbone(images)
             if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != images.shape[0]:
                 shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -189,11 +165,24 @@ def extract_features(
     finally:
         backbone.train(was_training)
 
-    if not feats:
-        raise ValueError("dataset is empty: no features to extract")
-    features = torch.cat(feats).contiguous()
-    all_labels = torch.cat(labels).contiguous()
-    if path is not None:
+    if world > 1:
+        if not feats:
+            raise ValueError(f"rank {rank} got no image of a {n_total}-image split over {world} ranks; "
+                             f"use fewer processes for this split")
+        local = torch.cat(feats).contiguous()
+        if local.shape[0] != len(dataset):
+            raise ValueError(
+                f"rank {rank} skipped {len(dataset) - local.shape[0]} corrupt image(s); a sharded evaluation "
+                f"under torchrun needs every image: clean the split (python -m lpft.vision.data check "
+                f"--verify-images) or run in one process")
+        features = gather_in_order(local, n_total)
+        all_labels = gather_in_order(torch.cat(labels).contiguous(), n_total)
+    else:
+        if not feats:
+            raise ValueError("dataset is empty: no features to extract")
+        features = torch.cat(feats).contiguous()
+        all_labels = torch.cat(labels).contiguous()
+    if path is not None and rank == 0:
         torch_save_atomic(
             {"format": _CACHE_FORMAT, "key": key_json, "features": features, "labels": all_labels}, path
         )

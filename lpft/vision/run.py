@@ -62,9 +62,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "AdamW wd 0.1 + 500 warm-up steps + per-step cosine + clipping at norm 1 (default: preset)")
     g.add_argument("--optimizer", choices=["sgd", "adamw"], default=None)
     g.add_argument("--weight-decay", type=float, default=None)
+    g.add_argument("--grad-accum", type=int, default=1,
+                   help="split each rank's share of the global batch into K accumulation steps")
+    g.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+                   help="fp32 (the papers; TF32 matmuls on GPU) or bf16 autocast (opt-in); heads are always fp32")
+    g.add_argument("--select-epoch", choices=["best", "last"], default=None,
+                   help="keep the best ID-selection epoch (LP-FT) or the last one (WiSE-FT's theta_1)")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     g.add_argument("--image-size", type=int, default=None)
+    g.add_argument("--selection", choices=["paper", "heldout"], default=None,
+                   help="paper: select epoch / C / lr on the official selection set and train on the full train "
+                        "split; heldout: a held-out part of train (default: paper)")
+    g.add_argument("--fmow-val", choices=["id", "ood"], default=None,
+                   help="FMoW: read WILDS 'val' as ID Val (wilds 1.1.0, default) or OOD Val (wilds >= 1.2.1)")
+    g.add_argument("--transforms", choices=["benchmark", "backbone"], default=None,
+                   help="benchmark: the official dataset transforms (LP-FT protocol); backbone: its own preprocessing")
+    g.add_argument("--feature-norm", choices=["on", "off"], default=None,
+                   help="CLIP: L2-normalise image features (WiSE-FT) or not (LP-FT); default: the protocol's")
     g.add_argument("--on-corrupt", choices=["stop", "skip"], default="stop",
                    help="a corrupt image stops the run (default) or is skipped and counted")
     g = p.add_argument_group("methods")
@@ -75,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--templates", choices=["imagenet", "benchmark", "simple"], default=None,
                    help="zero-shot prompt templates")
     g.add_argument("--lp-num-cs", type=int, default=None, help="size of LP's C grid (paper: 50)")
+    g.add_argument("--lp-solver", choices=["lbfgs", "sgd"], default=None,
+                   help="LP solver: lbfgs (C path, sklearn objective) or sgd (LP-FT's ImageNet torch linear probe)")
     g.add_argument("--no-distortion", action="store_true", help="skip the feature-distortion measurement")
     g.add_argument("--limit", type=int, default=None, help="cap every split at N examples (smoke tests)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -90,7 +107,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         weight_decay=args.weight_decay, num_workers=args.num_workers, alphas=args.alphas,
         wiseft_finetune=args.wiseft_finetune, wiseft_recompute_bn=not args.no_bn_recompute,
         templates=args.templates, lp_num_cs=args.lp_num_cs, limit=args.limit, cache_dir=args.cache_dir,
-        distortion=not args.no_distortion, on_corrupt=args.on_corrupt,
+        distortion=not args.no_distortion, on_corrupt=args.on_corrupt, grad_accum=args.grad_accum,
+        precision=args.precision, select_epoch=args.select_epoch, selection=args.selection, fmow_val=args.fmow_val,
+        transforms=args.transforms, lp_solver=args.lp_solver,
+        feature_norm=None if args.feature_norm is None else args.feature_norm == "on",
     )
 
 
@@ -132,80 +152,139 @@ def environment_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def _requested(cfg: RunConfig) -> dict[str, Any]:
+    """The config as compared with a run directory's ``config.json`` (derived fields left out)."""
+    d = cfg.to_dict()
+    d.pop("split_info", None)
+    return d
+
+
+def _prepare_run_dir(cfg: RunConfig, run_dir: Path) -> bool:
+    """Refuse a directory holding another config or an unrequested interrupted run; True if already complete."""
+    from lpft.vision.engine import ResumeError
+    from lpft.vision.rundir import check_same_config, prev_checkpoint_path
+
+    check_same_config(run_dir, _requested(cfg))
+    if (run_dir / "records.jsonl").exists():
+        return True
+    last = run_dir / "ckpt" / "last.pt"
+    if (last.exists() or prev_checkpoint_path(last).exists()) and not cfg.resume:
+        raise ResumeError(f"{run_dir} holds checkpoints of an interrupted run: pass --resume to continue it, or "
+                          f"choose another --out / --run-id")
+    return False
+
+
+def _build_transforms(cfg: RunConfig, backbone) -> tuple[Any, Any, dict[str, Any]]:
+    from lpft.vision.transforms import build_transforms
+
+    spec = build_transforms(cfg.benchmark, backbone, protocol=cfg.protocol, transforms=cfg.transforms,
+                            augment=bool(cfg.augment), image_size=cfg.image_size)
+    info = {"train": repr(spec.train), "eval": repr(spec.eval), "source": spec.source, "notes": spec.notes}
+    return spec.train, spec.eval, info
+
+
 def run(cfg: RunConfig, *, progress: bool = True) -> Path:
     """Execute one resolved-or-not config; returns the run directory."""
-    from lpft.vision import engine
-    from lpft.vision.backbones import create_backbone, list_backbones
-    from lpft.vision.data import get_benchmark, load_split
-    from lpft.vision.features import resolve_device
-    from lpft.vision.methods import METHODS, RunContext
-    from lpft.vision.records import REQUIRED_FIELDS
+    from lpft.vision import distributed as D
+    from lpft.vision.backbones import list_backbones
+    from lpft.vision.data import get_benchmark
+    from lpft.vision.methods import METHODS
+    from lpft.vision.rundir import RunLock
 
     METHODS.get(cfg.method)  # unknown method -> lists the valid ones
     bench = get_benchmark(cfg.benchmark)
-    cfg = resolve_config(cfg)
+    provenance: dict[str, str] = {}
+    cfg = resolve_config(cfg, provenance)
     if cfg.backbone not in list_backbones():
         raise ValueError(f"unknown backbone {cfg.backbone!r}; expected one of: {', '.join(list_backbones())}")
-    device = engine.init_distributed_from_env(resolve_device(cfg.device))
+    device = D.init_from_env(D.resolve_device(cfg.device))
+    rank, world = D.rank_world()
+    per_rank = D.per_rank_batch(cfg.batch_size, world, cfg.grad_accum) if cfg.batch_size else None
     cfg.run_id = cfg.run_id or default_run_id(cfg)
     run_dir = Path(cfg.out) / cfg.run_id
-    records_path = run_dir / "records.jsonl"
-    if records_path.exists():
-        print(f"{run_dir} is complete (records.jsonl exists); nothing to do. Remove it to rerun.")
+    if _prepare_run_dir(cfg, run_dir):
+        if D.is_main():
+            print(f"{run_dir} is complete (records.jsonl exists, same config); nothing to do. Remove it to rerun.")
         return run_dir
-    if (run_dir / "ckpt" / "last.pt").exists() and not cfg.resume:
-        raise engine.ResumeError(f"{run_dir} holds checkpoints of an interrupted run: pass --resume to continue "
-                                 f"it, or choose another --out / --run-id")
+    D.barrier()  # every rank has checked the directory before rank 0 writes into it
+    lock = RunLock(run_dir) if rank == 0 else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        return _execute(cfg, provenance, bench, device, run_dir, per_rank, progress)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _execute(cfg, provenance, bench, device, run_dir, per_rank, progress) -> Path:
+    from lpft.vision import distributed as D
+    from lpft.vision import engine
+    from lpft.vision.backbones import create_backbone
+    from lpft.vision.data import load_split
+    from lpft.vision.methods import METHODS, RunContext
+    from lpft.vision.records import REQUIRED_FIELDS
+
+    rank, world = D.rank_world()
+    records_path = run_dir / "records.jsonl"
     run_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out) / ".cache"
+    D.configure(device)
     engine.seed_everything(cfg.seed)
 
     backbone = create_backbone(cfg.backbone, weights=cfg.weights, pretrained=cfg.pretrained,
-                               image_size=cfg.image_size, augment=cfg.augment)
+                               image_size=cfg.image_size, augment=cfg.augment, feature_norm=cfg.feature_norm)
     backbone.eval()
-    root = cfg.data_root
+    train_tf, eval_tf, tf_info = _build_transforms(cfg, backbone)
+    options = {"fmow_val": cfg.fmow_val} if cfg.fmow_val is not None else None
 
     def split(name, transform):
-        ds = load_split(cfg.benchmark, root, name, transform)
+        ds = load_split(cfg.benchmark, cfg.data_root, name, transform, selection=cfg.selection, options=options)
         if hasattr(ds, "on_corrupt"):
             ds.on_corrupt = cfg.on_corrupt
         return _limit(ds, cfg.limit, seed=0)  # the same subset for every seed
 
-    train_set = split("id_train", backbone.train_transform)
-    train_set_eval = split("id_train", backbone.eval_transform)
-    eval_sets = {s: split(s, backbone.eval_transform) for s in bench.eval_splits}
+    train_set = split("id_train", train_tf)
+    train_set_eval = split("id_train", eval_tf)
+    eval_sets = {s: split(s, eval_tf) for s in bench.eval_splits}
     cfg.split_info = {s: dict(getattr(d, "split_info", {}), size=len(d))
                       for s, d in {"id_train": train_set, **eval_sets}.items()}
     resolved = cfg.to_dict()
     resolved["backbone_weights_id"] = backbone.weights_id
+    resolved["transforms_resolved"] = tf_info
     resolved["environment"] = environment_info(device)
-    if engine.is_main_process():
+    resolved["distributed"] = {"world_size": world, "per_rank_batch": per_rank, "grad_accum": cfg.grad_accum}
+    resolved["provenance"] = provenance
+    if D.is_main():
         write_json_atomic(run_dir / "config.json", resolved)
 
     ctx = RunContext(cfg=cfg, bench=bench, backbone=backbone, train_set=train_set, train_set_eval=train_set_eval,
-                     eval_sets=eval_sets, device=device, run_dir=run_dir, cache_dir=cache_dir, progress=progress)
+                     eval_sets=eval_sets, device=device, run_dir=run_dir, cache_dir=cache_dir,
+                     progress=progress and rank == 0)
     t0 = time.time()
     records = METHODS.get(cfg.method)(ctx)
     elapsed = time.time() - t0
     missing = [f for f in REQUIRED_FIELDS if any(f not in r for r in records)]
     assert not missing, missing
-    if engine.is_main_process():
+    if D.is_main():
         import json
 
         write_text_atomic(records_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
         print(summary_table(records, title=f"{cfg.run_id} ({elapsed:.0f} s)"))
         print(f"results: {records_path}")
+    D.barrier()
     return run_dir
 
 
 def summary_table(records: list[dict], title: str = "") -> str:
-    """Accuracy per split (rows: alpha / bn_stats variants) of the selected model, as plain text."""
+    """Accuracy per split of the selected model, as plain text; one row per alpha / bn_stats variant, and one
+    per stage a method reports on the way (LP-FT's LP stage)."""
     rows: dict[tuple, dict[str, float]] = {}
     splits: list[str] = []
     for r in records:
         if r["metric"] != "acc" or r.get("epoch") is not None:
             continue
-        key = (r["method"], r["alpha"], r.get("bn_stats"))
+        key = (r.get("stage") or r["method"], r["alpha"], r.get("bn_stats"))
         rows.setdefault(key, {})[r["eval_split"]] = r["value"]
         if r["eval_split"] not in splits:
             splits.append(r["eval_split"])
@@ -214,7 +293,7 @@ def summary_table(records: list[dict], title: str = "") -> str:
     lines = [title] if title else []
     label_w = 28
     lines.append("model".ljust(label_w) + "".join(h.rjust(max(len(h), 8) + 2) for h in heads))
-    for (m, a, bn), vals in rows.items():
+    for (m, a, bn), vals in sorted(rows.items(), key=lambda kv: kv[0][0] != "lp"):
         label = m + (f" alpha={a:g}" if a is not None else "") + (f" [{bn} BN]" if bn else "")
         lines.append(label.ljust(label_w) + "".join(
             (f"{100 * vals[s]:.2f}" if s in vals else "-").rjust(max(len(h), 8) + 2) for s, h in zip(splits, heads)))
