@@ -51,7 +51,8 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def bare_forward(backbone, images: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+def bare_forward(backbone, images: torch.Tensor, batch_size: int, device: torch.device,
+                 precision: str = "fp32") -> torch.Tensor:
     """The reference: the backbone on slices of one tensor, same precision/memory format as the pipeline."""
     on_cuda = device.type == "cuda"
     out = []
@@ -59,7 +60,7 @@ def bare_forward(backbone, images: torch.Tensor, batch_size: int, device: torch.
         x = images[start:start + batch_size].to(device, non_blocking=on_cuda)
         if on_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on_cuda):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             f = backbone(x)
         out.append(f.float().cpu())
     return torch.cat(out)
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--pretrained", default=None, help="weights tag ('none': random init, no download)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
@@ -86,7 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    backbone = create_backbone(args.backbone, image_size=args.image_size, augment=False).eval().to(device)
+    backbone = create_backbone(args.backbone, image_size=args.image_size, augment=False,
+                               pretrained=args.pretrained).eval().to(device)
     if device.type == "cuda":
         backbone.to(memory_format=torch.channels_last)
     images = torch.randn(args.n, 3, args.image_size, args.image_size)
@@ -95,14 +99,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     def run_pipeline():
         return extract_features(backbone, dataset, batch_size=args.batch_size, num_workers=args.num_workers,
-                                device=device, progress=False)[0]
+                                device=device, progress=False, precision=args.precision)[0]
 
     def run_bare():
-        return bare_forward(backbone, images, args.batch_size, device)
+        return bare_forward(backbone, images, args.batch_size, device, args.precision)
 
     # Warm-up (allocator, cudnn autotuning, worker start-up paths) and a correctness check.
     f_pipe, f_bare = run_pipeline(), run_bare()
-    tol = 1e-4 if device.type == "cpu" else 5e-2
+    tol = 1e-4 if device.type == "cpu" and args.precision == "fp32" else 5e-2
     max_diff = float((f_pipe - f_bare).abs().max())
     if f_pipe.shape != f_bare.shape or max_diff > tol * max(1.0, float(f_bare.abs().max())):
         raise SystemExit(f"pipeline and bare features differ: shapes {tuple(f_pipe.shape)} vs "

@@ -60,8 +60,8 @@ def test_fmow_run_through_wilds_interface(tmp_path, monkeypatch):
     from lpft.vision.data import fmow
 
     rows = [(split, region, i % 3) for i in range(4)
-            for split, region in [("train", "Americas"), ("id_val", "Americas"), ("val", "Americas"),
-                                  ("val", "Africa"), ("val", "Europe")]]
+            for split, region in [("train", "Americas"), ("id_val", "Americas"), ("id_val", "Africa"),
+                                  ("id_val", "Europe"), ("val", "Americas"), ("val", "Africa"), ("val", "Europe")]]
     fake = fixtures.FakeWildsFMoW(rows)
     monkeypatch.setattr(fmow.FMoWBenchmark, "_open", lambda self, root: fake)
     run_dir = main(["--method", "lp", "--backbone", "tiny_cnn", "--benchmark", "fmow", "--data-root", str(tmp_path),

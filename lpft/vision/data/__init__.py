@@ -1,10 +1,13 @@
 """Benchmarks: the offline ``digits`` default and the ten shift benchmarks of LP-FT (+ ObjectNet).
 
-``load_split(name, root, split, transform=None)`` is the public loader; ``list_benchmarks()`` the names.
+``load_split(name, root, split, transform=None, *, selection="heldout", options=None)`` is the public loader
+(``selection="paper"``: full train split, the official selection set as ``id_val``; ``options``: a
+benchmark's declared options, e.g. FMoW's ``{"fmow_val": "id" | "ood"}``); ``list_benchmarks()`` the names.
 """
 
 from lpft.vision.data.base import (
     BENCHMARKS,
+    SELECTIONS,
     Benchmark,
     DatasetNotFoundError,
     LabeledDataset,
@@ -18,6 +21,7 @@ from lpft.vision.data import digits, breeds, domainnet, cifar, fmow, imagenet  #
 
 __all__ = [
     "BENCHMARKS",
+    "SELECTIONS",
     "Benchmark",
     "DatasetNotFoundError",
     "LabeledDataset",

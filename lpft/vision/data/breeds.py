@@ -5,7 +5,9 @@ subclasses are the OOD shift (subpopulation shift). The subclass lists are the o
 produces with ``split="rand"`` and its default seed (``facts/breeds.json``). Splits:
 
 * ``id_train`` / ``id_val``: source subclasses' ImageNet train images, 10% held out for validation
-  (seed :data:`~lpft.vision.data.folders.HOLDOUT_SEED`);
+  (seed :data:`~lpft.vision.data.folders.HOLDOUT_SEED`); with ``selection="paper"`` ``id_train`` is every
+  source-subclass train image and ``id_val`` is ``id_test``, the official ``source_val`` selection set
+  (transfer_learning ``configs/adaptation/datasets_living17.yaml:37-44``);
 * ``id_test``: source subclasses' ImageNet val images (50 per subclass);
 * ``ood_test``: target subclasses' ImageNet val images.
 
@@ -15,7 +17,7 @@ Only the subclass folders a benchmark uses must be present under ``imagenet/trai
 from __future__ import annotations
 
 from lpft.vision.data.base import Benchmark, register_benchmark
-from lpft.vision.data.folders import ImageDataset, apply_holdout, holdout_sizes, load_facts, scan_class_folders
+from lpft.vision.data.folders import ImageDataset, load_facts, scan_class_folders, select_train, train_val_sizes
 from lpft.vision.data.imagenet_meta import imagenet_templates, locate
 
 #: fraction of the source training images held out as ``id_val``
@@ -31,9 +33,10 @@ def breeds_classes(name: str) -> list[dict]:
     return list(load_facts("breeds")[name]["classes"])
 
 
-def official_counts(name: str) -> dict[str, int]:
+def official_counts(name: str, selection: str = "heldout") -> dict[str, int]:
+    """Official image count per split of ``living17`` / ``entity30`` under ``selection``."""
     c = load_facts("breeds")["expected_image_counts"][name]
-    tr, va = holdout_sizes(c["source_train"], BREEDS_VAL_FRACTION)
+    tr, va = train_val_sizes(c["source_train"], c["source_val"], selection, BREEDS_VAL_FRACTION)
     return {"id_train": tr, "id_val": va, "id_test": c["source_val"], "ood_test": c["target_val"]}
 
 
@@ -48,9 +51,8 @@ class BreedsBenchmark(Benchmark):
                 labels.append(int(c["label"]))
         return folders, labels
 
-    def load(self, root, split, transform=None):
-        self.check_split(split)
-        counts = official_counts(self.name)
+    def read_split(self, root, split, transform, *, selection, options):
+        counts = official_counts(self.name, selection)
         domain = "target" if split == "ood_test" else "source"
         folders, labels = self._folders(domain)
         if split in ("id_train", "id_val"):
@@ -59,7 +61,7 @@ class BreedsBenchmark(Benchmark):
                 self, base, folders, labels, what=f"{self.name} source subclasses in ImageNet train",
                 official=load_facts("breeds")["expected_image_counts"][self.name]["source_train"],
             )
-            samples, info = apply_holdout(samples, split, BREEDS_VAL_FRACTION)
+            samples, info = select_train(samples, split, selection, BREEDS_VAL_FRACTION)
         else:
             base = locate(self, root, "val", "ImageNet val sorted into wnid folders (imagenet/val/<wnid>/)", counts[split])
             samples = scan_class_folders(
@@ -78,6 +80,10 @@ for _name in ("living17", "entity30"):
             splits={"id_train": "id", "id_val": "id", "id_test": "id", "ood_test": "ood"},
             templates=imagenet_templates(),
             layout=LAYOUT,
+            paper_selection=(
+                "BREEDS source val: ImageNet val images of the source subclasses (= id_test; official "
+                f"source_val set of configs/adaptation/datasets_{_name}.yaml)"
+            ),
             how_to_get=f"python -m lpft.vision.data download {_name} --root DIR  (prints how to get ImageNet, which needs a licence)",
         )
     )

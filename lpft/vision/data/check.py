@@ -9,9 +9,9 @@ malformed, e.g. a bad split file), ``corrupt`` (with ``--verify-images``: some i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Mapping
 
-from lpft.vision.data.base import DatasetNotFoundError, get_benchmark, list_benchmarks
+from lpft.vision.data.base import DatasetNotFoundError, check_selection, get_benchmark, list_benchmarks
 from lpft.vision.data.folders import DatasetIncompleteError, cached_listings
 
 
@@ -27,14 +27,14 @@ class SplitStatus:
     detail: str = ""
 
 
-def official_counts(name: str) -> dict[str, int | None]:
-    """Official image count per split of benchmark ``name`` (empty when unknown)."""
+def official_counts(name: str, selection: str = "heldout") -> dict[str, int | None]:
+    """Official image count per split of benchmark ``name`` under ``selection`` (empty when unknown)."""
     from lpft.vision.data import breeds, cifar, domainnet, imagenet
 
     if name in ("living17", "entity30"):
-        return breeds.official_counts(name)
+        return breeds.official_counts(name, get_benchmark(name).selection_used(selection))
     table = {"imagenet": imagenet.official_counts, "domainnet": domainnet.official_counts, "cifar10": cifar.official_counts}
-    return table[name]() if name in table else {}
+    return table[name](get_benchmark(name).selection_used(selection)) if name in table else {}
 
 
 def _first_line(e: BaseException) -> str:
@@ -57,25 +57,43 @@ def find_corrupt(ds, progress: bool = True, desc: str = "") -> list[str]:
 
 
 def check_root(
-    root, names: Iterable[str] | None = None, *, verify_images: bool = False, progress: bool = False
+    root,
+    names: Iterable[str] | None = None,
+    *,
+    selection: str = "heldout",
+    options: Mapping[str, str] | None = None,
+    verify_images: bool = False,
+    progress: bool = False,
 ) -> list[SplitStatus]:
     """Status of every split of the benchmarks ``names`` (default: all that need a data root).
 
+    Splits are opened under ``selection`` (``"paper"``: ``id_train`` is the full train split and
+    ``id_val`` the official selection set). ``options`` go to the benchmarks that declare them (e.g.
+    ``{"fmow_val": "ood"}`` reaches only ``fmow``); an option no checked benchmark declares is an error.
     With ``verify_images`` every image is decoded (slow on real data) and a split with undecodable files
     gets status ``corrupt``, its detail naming the count and the first file.
     """
     from lpft.vision.data.fmow import WildsMissingError
 
+    check_selection(selection)
     out: list[SplitStatus] = []
     names = list(names) if names is not None else [n for n in list_benchmarks() if get_benchmark(n).needs_root]
+    benches = [get_benchmark(n) for n in names]
+    options = dict(options or {})
+    unused = set(options) - {k for b in benches for k in b.options}
+    if unused:
+        owners = {k: [n for n in list_benchmarks() if k in get_benchmark(n).options] for k in sorted(unused)}
+        raise ValueError("no checked benchmark has option(s) " + "; ".join(
+            f"{k} (declared by: {', '.join(v) or 'no benchmark'})" for k, v in owners.items()))
     with cached_listings():
-        for name in names:
-            bench = get_benchmark(name)
-            counts = official_counts(name)
+        for bench in benches:
+            name = bench.name
+            opts = bench.resolve_options({k: v for k, v in options.items() if k in bench.options})
+            counts = official_counts(name, selection)
             for split in bench.splits:
                 exp = counts.get(split)
                 try:
-                    ds = bench.load(root, split)
+                    ds = bench.load(root, split, selection=selection, options=opts)
                     n = len(ds)
                     bad = find_corrupt(ds, progress, f"{name}/{split}") if verify_images else []
                 except WildsMissingError as e:

@@ -3,7 +3,9 @@
 Splits:
 
 * ``id_train`` / ``id_val``: CIFAR-10 train (50,000), 10% held out for validation (seed
-  :data:`~lpft.vision.data.folders.HOLDOUT_SEED`);
+  :data:`~lpft.vision.data.folders.HOLDOUT_SEED`); with ``selection="paper"`` ``id_train`` is all 50,000
+  and ``id_val`` is ``id_test``, as the official code selects on ``val_metric='test_acc/cifar10-test'``
+  (transfer_learning ``scripts/run_adaptation_experiments.py:840-843``);
 * ``id_test``: CIFAR-10 test (10,000);
 * ``stl10``: STL-10 test (8,000) with labels mapped into CIFAR-10's space by LP-FT's table
   ``[0, 2, 1, 3, 4, 5, 7, -1, 8, 9]``: 'monkey' dropped (7,200 kept), 'car' -> 'automobile'; the head stays
@@ -23,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from lpft.vision.data.base import Benchmark, register_benchmark
-from lpft.vision.data.folders import ImageDataset, apply_holdout, find_dir, holdout_sizes, incomplete, load_facts
+from lpft.vision.data.folders import ImageDataset, find_dir, incomplete, load_facts, select_train, train_val_sizes
 
 CIFAR_VAL_FRACTION = 0.1
 CIFAR_DIRS = ["cifar-10-batches-py", "cifar10_dataset/cifar-10-batches-py", "cifar10/cifar-10-batches-py"]
@@ -44,9 +46,10 @@ def stl_to_cifar() -> list[int]:
     return list(load_facts("cifar_stl")["lpft_cifar_to_stl"]["stl_to_cifar_indices"])
 
 
-def official_counts() -> dict[str, int]:
+def official_counts(selection: str = "heldout") -> dict[str, int]:
+    """Official image count per split under ``selection``."""
     f = load_facts("cifar_stl")
-    tr, va = holdout_sizes(f["cifar10"]["counts"]["train"], CIFAR_VAL_FRACTION)
+    tr, va = train_val_sizes(f["cifar10"]["counts"]["train"], f["cifar10"]["counts"]["test"], selection, CIFAR_VAL_FRACTION)
     return {
         "id_train": tr,
         "id_val": va,
@@ -94,10 +97,12 @@ class _ArrayImages:
 class CifarBenchmark(Benchmark):
     """CIFAR-10 -> STL-10 / CIFAR-10.1; see the module docstring."""
 
-    def _cifar(self, root, split):
+    def _cifar(self, root, split, selection):
         base = find_dir(root, CIFAR_DIRS)
         if base is None:
-            raise self.missing(f"CIFAR-10 in {Path(root) / CIFAR_DIRS[0]}", f"not found; 0 of {official_counts()[split]:,} images")
+            raise self.missing(
+                f"CIFAR-10 in {Path(root) / CIFAR_DIRS[0]}", f"not found; 0 of {official_counts(selection)[split]:,} images"
+            )
         files = CIFAR_TEST_FILES if split == "id_test" else CIFAR_TRAIN_FILES
         absent = [f for f in files if not (base / f).is_file()]
         if absent:
@@ -109,7 +114,7 @@ class CifarBenchmark(Benchmark):
         samples = [(i, int(t)) for i, t in enumerate(y)]
         info: dict = {"source": str(base)}
         if split in ("id_train", "id_val"):
-            samples, hinfo = apply_holdout(samples, split, CIFAR_VAL_FRACTION)
+            samples, hinfo = select_train(samples, split, selection, CIFAR_VAL_FRACTION)
             info.update(hinfo)
         return samples, _ArrayImages(array=x), info
 
@@ -164,15 +169,14 @@ class CifarBenchmark(Benchmark):
         samples = [(i, int(t)) for i, t in enumerate(y)]
         return samples, _ArrayImages(array=x.astype(np.uint8)), {"source": str(base), "version": CIFAR101_VERSION}
 
-    def load(self, root, split, transform=None):
-        self.check_split(split)
+    def read_split(self, root, split, transform, *, selection, options):
         if split == "stl10":
             samples, images, info = self._stl(root)
         elif split == "cifar10_1":
             samples, images, info = self._cifar101(root)
         else:
-            samples, images, info = self._cifar(root, split)
-        info["official_size"] = official_counts()[split]
+            samples, images, info = self._cifar(root, split, selection)
+        info["official_size"] = official_counts(selection)[split]
         return ImageDataset(samples, self.classnames, transform, split_info=info, loader=images)
 
 
@@ -183,5 +187,6 @@ CIFAR10 = register_benchmark(
         splits={"id_train": "id", "id_val": "id", "id_test": "id", "stl10": "ood", "cifar10_1": "ood"},
         layout=LAYOUT,
         how_to_get="python -m lpft.vision.data download cifar10 --root DIR",
+        paper_selection="CIFAR-10 test (= id_test; official val_metric test_acc/cifar10-test)",
     )
 )

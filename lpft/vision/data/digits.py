@@ -435,9 +435,8 @@ class DigitsDataset(LabeledDataset):
 class DigitsBenchmark(Benchmark):
     """The offline ``digits`` benchmark (no data root); see the module docstring."""
 
-    def load(self, root: str | os.PathLike | None, split: str, transform: Callable | None = None) -> DigitsDataset:
-        """Load ``split`` (``root`` is ignored: everything ships with scikit-learn and matplotlib)."""
-        self.check_split(split)
+    def read_split(self, root, split, transform, *, selection, options) -> DigitsDataset:
+        """Read ``split`` (``root`` is ignored; no paper selection set, so ``selection`` is ``"heldout"``)."""
         return DigitsDataset(split, transform)
 
 

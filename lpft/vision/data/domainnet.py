@@ -4,7 +4,9 @@ Train on sketch; ID = sketch; OOD = real, painting and clipart test images, each
 average (``split_averages["ood_avg"]``). Splits:
 
 * ``id_train`` / ``id_val``: ``sketch_train_mini.txt`` with 10% held out for validation (seed
-  :data:`~lpft.vision.data.folders.HOLDOUT_SEED`);
+  :data:`~lpft.vision.data.folders.HOLDOUT_SEED`); with ``selection="paper"`` ``id_train`` is all of it and
+  ``id_val`` is ``id_test``: the official ``sketch_val`` is the sketch test file (transfer_learning
+  ``configs/adaptation/datasets_domainnet.yaml:34-41``);
 * ``id_test``: ``sketch_test_mini.txt``;
 * ``real``, ``painting``, ``clipart``: ``<domain>_test_mini.txt``.
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lpft.vision.data.base import Benchmark, register_benchmark
-from lpft.vision.data.folders import ImageDataset, apply_holdout, holdout_sizes, incomplete, load_facts
+from lpft.vision.data.folders import ImageDataset, incomplete, load_facts, select_train, train_val_sizes
 
 DOMAINNET_VAL_FRACTION = 0.1
 ID_DOMAIN = "sketch"
@@ -42,10 +44,12 @@ def find_base(root) -> Path | None:
     return None
 
 
-def official_counts() -> dict[str, int]:
+def official_counts(selection: str = "heldout") -> dict[str, int]:
+    """Official image count per split under ``selection``."""
     files = load_facts("domainnet")["split_files"]
-    tr, va = holdout_sizes(files[split_file_name(ID_DOMAIN, "train")]["lines"], DOMAINNET_VAL_FRACTION)
-    out = {"id_train": tr, "id_val": va, "id_test": files[split_file_name(ID_DOMAIN, "test")]["lines"]}
+    n_test = files[split_file_name(ID_DOMAIN, "test")]["lines"]
+    tr, va = train_val_sizes(files[split_file_name(ID_DOMAIN, "train")]["lines"], n_test, selection, DOMAINNET_VAL_FRACTION)
+    out = {"id_train": tr, "id_val": va, "id_test": n_test}
     for d in OOD_DOMAINS:
         out[d] = files[split_file_name(d, "test")]["lines"]
     return out
@@ -83,13 +87,12 @@ class DomainNetBenchmark(Benchmark):
                 out.append((rel, label))
         return out
 
-    def load(self, root, split, transform=None):
-        self.check_split(split)
+    def read_split(self, root, split, transform, *, selection, options):
         base = find_base(root)
         if base is None:
             raise self.missing(
                 f"split files in {Path(root) / 'domainnet' / 'SENTRY_splits'} (or {Path(root) / 'SENTRY_splits'})",
-                f"not found; 0 of {official_counts()[split]:,} images",
+                f"not found; 0 of {official_counts(selection)[split]:,} images",
             )
         domain, part = self.split_file(split)
         fname = split_file_name(domain, part)
@@ -110,8 +113,8 @@ class DomainNetBenchmark(Benchmark):
         samples = [(str(base / rel), y) for rel, y in rows]
         info: dict = {}
         if split in ("id_train", "id_val"):
-            samples, info = apply_holdout(samples, split, DOMAINNET_VAL_FRACTION)
-        info.update(source=str(fpath), domain=domain, official_size=official_counts()[split])
+            samples, info = select_train(samples, split, selection, DOMAINNET_VAL_FRACTION)
+        info.update(source=str(fpath), domain=domain, official_size=official_counts(selection)[split])
         return ImageDataset(samples, self.classnames, transform, split_info=info)
 
 
@@ -123,5 +126,6 @@ DOMAINNET = register_benchmark(
         layout=LAYOUT,
         how_to_get="python -m lpft.vision.data download domainnet --root DIR",
         split_averages={"ood_avg": list(OOD_DOMAINS)},
+        paper_selection="DomainNet sketch test, sketch_test_mini.txt (= id_test; official sketch_val)",
     )
 )

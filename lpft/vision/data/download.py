@@ -6,8 +6,9 @@ ObjectNet, which need a licence) or one dataset of :data:`DATASETS`.
 
 Downloads go to ``DIR/.downloads/<file>.part`` and resume with an HTTP ``Range`` request after an
 interruption; a file whose checksum is known is verified before it is used (a mismatch deletes it and
-stops). Archives are extracted into ``DIR`` (or the dataset's sub-folder); a marker file records a finished
-extraction so that re-running the command is cheap.
+stops). Archives are extracted into ``DIR`` (or the dataset's sub-folder) by
+:func:`lpft.vision.data.archives.extract`, which refuses any member that would land outside it; a marker
+file records a finished extraction so that re-running the command is cheap.
 """
 
 from __future__ import annotations
@@ -15,17 +16,16 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import tarfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
+from lpft.vision.data.archives import UnsafeArchiveError, extract  # noqa: F401  (re-exported)
 from lpft.vision.data.folders import load_facts
 
 CHUNK = 1 << 20
@@ -167,40 +167,6 @@ def fetch(
         raise ChecksumError(f"{rf.filename} from {rf.url} does not match its checksum {want}; the file was deleted")
     os.replace(part, dest)
     return dest
-
-
-def _safe_members_tar(tf: tarfile.TarFile, target: Path):
-    for m in tf.getmembers():
-        p = (target / m.name).resolve()
-        if not str(p).startswith(str(target.resolve())) or m.issym() or m.islnk() or m.isdev():
-            raise ValueError(f"refusing to extract unsafe archive member {m.name!r}")
-        yield m
-
-
-def extract(archive: str | os.PathLike, target: str | os.PathLike, *, progress: bool = True) -> Path:
-    """Extract a tar(.gz) or zip ``archive`` into ``target`` (once: a marker file records completion)."""
-    archive, target = Path(archive), Path(target)
-    target.mkdir(parents=True, exist_ok=True)
-    marker = target / f".extracted-{archive.name}"
-    if marker.exists():
-        return target
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            root = target.resolve()
-            for info in tqdm(zf.infolist(), desc=f"extract {archive.name}", disable=not progress):
-                p = (target / info.filename).resolve()
-                if not str(p).startswith(str(root)):
-                    raise ValueError(f"refusing to extract unsafe archive member {info.filename!r}")
-                zf.extract(info, target)
-    elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tf:
-            members = list(_safe_members_tar(tf, target))
-            for m in tqdm(members, desc=f"extract {archive.name}", disable=not progress):
-                tf.extract(m, target)
-    else:
-        raise ValueError(f"{archive} is neither a tar nor a zip archive")
-    marker.write_text("ok\n")
-    return target
 
 
 def _imagenet_instructions() -> str:

@@ -193,13 +193,35 @@ def build_cifar(root, *, train_per_batch_per_class: int = 1, test_per_class: int
     return root
 
 
+#: calendar year a :class:`FakeWildsFMoW` row gets when none is given, per WILDS split key (official scheme:
+#: train / ID splits before 2013, OOD Val 2013-2015, OOD Test 2016-2017)
+FAKE_FMOW_YEARS = {"train": 2010, "id_val": 2011, "id_test": 2012, "val": 2014, "test": 2016}
+
+
+def wilds_fmow_split(metadata_split: str, year: int) -> str | None:
+    """WILDS split key (``use_ood_val=True`` names) of a metadata row under the official time scheme.
+
+    ``None`` for rows WILDS drops (sequestered ``seq`` rows, and rows outside their period).
+    """
+    if metadata_split == "train" and year < 2013:
+        return "train"
+    if metadata_split == "val":
+        return "id_val" if year < 2013 else "val" if year < 2016 else None
+    if metadata_split == "test":
+        return "id_test" if year < 2013 else "test" if year >= 2016 else None
+    return None
+
+
 class FakeWildsFMoW:
     """A stand-in for ``wilds``' FMoW dataset object: the attributes the loader reads, on a small table.
 
     Args:
-        rows: ``(wilds split key, region name, label)`` per image.
+        rows: ``(wilds split key, region name, label)`` or ``(..., label, calendar year)`` per image
+            (keys of the ``use_ood_val=True`` naming; the year defaults to :data:`FAKE_FMOW_YEARS`).
         region_names: the region vocabulary (``_metadata_map['region']``), order of first appearance in WILDS.
         use_ood_val: WILDS 2.0 names (``False`` renames 'val' -> ID val, like ``use_ood_val=False``).
+
+    ``metadata_array`` columns are ``region, year, y`` with ``year`` counted from 2002, as in WILDS.
     """
 
     def __init__(self, rows, region_names=("Asia", "Europe", "Africa", "Americas", "Oceania", "Other"),
@@ -217,11 +239,28 @@ class FakeWildsFMoW:
         by_display = {v: self.split_dict[k] for k, v in self.split_names.items()}
         self._metadata_map = {"region": list(region_names), "year": list(range(2002, 2018))}
         self.metadata_fields = ["region", "year", "y"]
-        self.split_array = np.asarray([by_display[canonical[s]] for s, _, _ in rows])
-        self.y_array = np.asarray([y for _, _, y in rows])
+        self.split_array = np.asarray([by_display[canonical[r[0]]] for r in rows])
+        self.y_array = np.asarray([r[2] for r in rows])
+        years = [r[3] if len(r) > 3 else FAKE_FMOW_YEARS[r[0]] for r in rows]
         self.metadata_array = np.asarray(
-            [[list(region_names).index(r), 10, y] for _, r, y in rows], dtype=np.int64
+            [[list(region_names).index(r[1]), year - 2002, r[2]] for r, year in zip(rows, years)], dtype=np.int64
         ).reshape(-1, 3)
+
+    @classmethod
+    def from_metadata(cls, rows=None, **kwargs) -> "FakeWildsFMoW":
+        """The dataset WILDS makes of ``(metadata split, country, region, timestamp)`` rows (default
+        :data:`FMOW_ROWS`), labels cycling through the 62 classes as in :func:`build_fmow`; dropped rows are
+        left out, so row ``i`` of the result is ``kept[i]`` of the input (``.kept``)."""
+        rows = FMOW_ROWS if rows is None else rows
+        out, kept = [], []
+        for i, (msplit, _cc, region, ts) in enumerate(rows):
+            key = wilds_fmow_split(msplit, int(ts[:4]))
+            if key is not None:
+                out.append((key, region, (7 * i) % 62, int(ts[:4])))
+                kept.append(i)
+        fake = cls(out, **kwargs)
+        fake.kept = kept
+        return fake
 
     def get_input(self, idx: int) -> Image.Image:
         return Image.fromarray(label_image(int(self.y_array[idx]) % 10, 8))
@@ -244,6 +283,9 @@ FMOW_ROWS = [
     ("test", "CAN", "Americas", "2011-01-01T00:00:00Z"),     # ID test
     ("test", "KEN", "Africa", "2016-05-01T00:00:00Z"),       # OOD test
     ("seq", "USA", "Americas", "2016-09-01T00:00:00Z"),      # sequestered: dropped by WILDS
+    ("val", "KEN", "Africa", "2011-09-01T00:00:00Z"),        # ID val, Africa
+    ("val", "FRA", "Europe", "2010-04-01T00:00:00Z"),        # ID val, Europe
+    ("train", "MEX", "Americas", "2008-08-01T00:00:00Z"),
 ]
 
 

@@ -1,16 +1,33 @@
 """FMoW-WILDS with LP-FT's geographic shift (Kumar et al. 2022): train in the Americas, test in Africa/Europe.
 
-Needs the optional ``wilds`` package (``pip install 'lpft[wilds]'``). Splits, all restricted by region
-(WILDS region metadata; LP-FT codes Asia 0, Europe 1, Africa 2, Americas 3, Oceania 4, Other 5):
+Needs the optional ``wilds`` package (``pip install 'lpft[wilds]'``). Regions follow the WILDS region
+metadata (LP-FT codes Asia 0, Europe 1, Africa 2, Americas 3, Oceania 4, Other 5).
 
-* ``id_train``: WILDS ``train`` (images before 2013), Americas;
-* ``id_val``: WILDS ``ID Val`` (same period as train, held out by WILDS), Americas;
-* ``id_test``: WILDS ``OOD Val`` (2013-2015), Americas -- LP-FT's ``americas_val``;
-* ``africa``: WILDS ``OOD Val``, Africa -- LP-FT's OOD metric ``africa_val``;
-* ``europe``: WILDS ``OOD Val``, Europe -- LP-FT's ``europe_val``.
+LP-FT trains on WILDS ``train`` in the Americas and evaluates WILDS split ``'val'`` per region
+(``americas_val`` = ID and its selection set, ``africa_val`` = OOD, ``europe_val``; transfer_learning
+``configs/adaptation/datasets_fmow.yaml:29-47``). What ``'val'`` means depends on the wilds version, which
+LP-FT does not pin: in wilds 1.1.0 ``use_ood_val`` defaults to ``False`` and ``'val'`` is **ID Val**
+(images before 2013, like train); from wilds 1.2.1 on it defaults to ``True`` and ``'val'`` is **OOD Val**
+(2013-2015). LP-FT's sibling config ``datasets_fmow_all.yaml`` (commit 658f059, September 2021) uses the
+1.1.0 names ``'val'`` (as id_val) and ``'ood_val'``, so the evidence favours ID Val, but it is not settled. The reading
+is therefore an option, ``options={"fmow_val": "id" | "ood"}`` (default ``"id"``), recorded in
+``split_info``:
 
-WILDS 2.0 renames its splits unless ``use_ood_val=True``; splits are therefore chosen by their display
-names ("Train", "ID Val", "OOD Val"), and regions by name through the dataset's region vocabulary.
+================  ==============================================  ==============================
+split             ``fmow_val="id"`` (wilds 1.1.0 reading)         ``fmow_val="ood"`` (>= 1.2.1)
+================  ==============================================  ==============================
+``id_train``      ``Train``, Americas (heldout: 90% of it)        ``Train``, Americas
+``id_val``        heldout: 10% of ``Train`` Americas (seed 0)     heldout: ``ID Val``, Americas
+``id_test``       ``ID Val``, Americas                            ``OOD Val``, Americas
+``africa``        ``ID Val``, Africa                              ``OOD Val``, Africa
+``europe``        ``ID Val``, Europe                              ``OOD Val``, Europe
+================  ==============================================  ==============================
+
+With ``selection="paper"`` ``id_train`` is all of ``Train`` Americas and ``id_val`` is ``id_test``
+(``americas_val``, LP-FT's ``val_metric``) under either reading.
+
+WILDS splits are chosen by their display names ("Train", "ID Val", "OOD Val"), which are the same in every
+wilds version whatever the split keys are, and regions by name through the dataset's region vocabulary.
 Layout: ``fmow_v1.1/{rgb_metadata.csv,country_code_mapping.csv,images/rgb_img_<i>.png}``.
 """
 
@@ -22,16 +39,22 @@ from typing import Sequence
 import numpy as np
 
 from lpft.vision.data.base import Benchmark, register_benchmark
-from lpft.vision.data.folders import ImageDataset, load_facts
+from lpft.vision.data.folders import ImageDataset, incomplete, load_facts, select_train
 
-#: our split -> (WILDS split display name, region name)
-SPLITS: dict[str, tuple[str, str]] = {
-    "id_train": ("Train", "Americas"),
-    "id_val": ("ID Val", "Americas"),
-    "id_test": ("OOD Val", "Americas"),
-    "africa": ("OOD Val", "Africa"),
-    "europe": ("OOD Val", "Europe"),
+#: our split -> region name
+REGIONS: dict[str, str] = {
+    "id_train": "Americas",
+    "id_val": "Americas",
+    "id_test": "Americas",
+    "africa": "Africa",
+    "europe": "Europe",
 }
+#: values of the ``fmow_val`` option (the first is the default) -> WILDS display name LP-FT's ``'val'`` has
+FMOW_VAL_READINGS: dict[str, str] = {"id": "ID Val", "ood": "OOD Val"}
+#: years of each WILDS split (official time split scheme)
+WILDS_YEARS = {"Train": "2002-2012", "ID Val": "2002-2012", "OOD Val": "2013-2015"}
+#: fraction of ``Train`` Americas held out as ``id_val`` (``fmow_val="id"``, ``selection="heldout"``)
+FMOW_VAL_FRACTION = 0.1
 LPFT_REGION_CODES = dict(load_facts("fmow")["metadata"]["region_index"])
 FMOW_DIR = "fmow_v1.1"
 
@@ -75,9 +98,12 @@ def open_wilds(root, download: bool = False):
 
 def _open_wilds(root, download: bool):
     wilds = import_wilds()
+    # use_ood_val only renames split keys (wilds 1.1.0 defaults it to False, where key 'val' is "ID Val";
+    # 1.2.1+ to True, where 'val' is "OOD Val"). Rows are selected by display name, so the keys do not
+    # matter here; a release without the keyword raises TypeError and is opened without it.
     try:
         return wilds.get_dataset(dataset="fmow", root_dir=str(root), download=download, use_ood_val=True)
-    except TypeError:  # wilds < 2.0 has no use_ood_val and keeps the names
+    except TypeError:
         return wilds.get_dataset(dataset="fmow", root_dir=str(root), download=download)
 
 
@@ -91,6 +117,23 @@ def region_index(region_names: Sequence[str] | None, region: str) -> int:
     return names.index(region)
 
 
+def wilds_split(split: str, fmow_val: str, selection: str) -> str:
+    """Display name of the WILDS split whose rows (in the split's region) make up our ``split``.
+
+    ``id_train`` and, for ``fmow_val="id"`` under ``"heldout"``, ``id_val`` come from "Train" (the
+    hold-out is applied afterwards). ``id_val`` under ``"paper"`` is ``id_test`` (see ``split_source``).
+    """
+    if fmow_val not in FMOW_VAL_READINGS:
+        raise ValueError(f"fmow_val must be one of {', '.join(map(repr, FMOW_VAL_READINGS))}; got {fmow_val!r}")
+    if split == "id_train" or (split == "id_val" and fmow_val == "id"):
+        return "Train"
+    if split == "id_val":
+        return "ID Val"
+    if split not in REGIONS:
+        raise ValueError(f"FMoW has no split {split!r}; expected one of: {', '.join(REGIONS)}")
+    return FMOW_VAL_READINGS[fmow_val]
+
+
 def select_indices(
     split_array: np.ndarray,
     split_dict: dict[str, int],
@@ -98,9 +141,10 @@ def select_indices(
     metadata_array: np.ndarray,
     metadata_fields: Sequence[str],
     region_names: Sequence[str] | None,
-    split: str,
+    display: str,
+    region: str,
 ) -> np.ndarray:
-    """Row indices of our ``split``: WILDS split by display name, then region by name.
+    """Row indices of WILDS split ``display`` (by display name) in ``region`` (by name).
 
     Args:
         split_array: WILDS split id per row.
@@ -109,9 +153,9 @@ def select_indices(
         metadata_array: (N, F) metadata; the ``region`` column is used.
         metadata_fields: names of the metadata columns.
         region_names: the dataset's region vocabulary (``_metadata_map['region']``), or ``None``.
-        split: one of :data:`SPLITS`.
+        display: the WILDS split's display name.
+        region: the region name.
     """
-    display, region = SPLITS[split]
     keys = [k for k, v in split_names.items() if v == display]
     if len(keys) != 1:
         raise ValueError(f"WILDS FMoW has no unique split named {display!r}: {split_names}")
@@ -143,8 +187,9 @@ class FMoWBenchmark(Benchmark):
             raise self.missing(f"{Path(root) / FMOW_DIR / 'rgb_metadata.csv'}", "not found")
         return open_wilds(root)
 
-    def load(self, root, split, transform=None):
-        self.check_split(split)
+    def read_split(self, root, split, transform, *, selection, options):
+        fmow_val = options["fmow_val"]
+        display, region = wilds_split(split, fmow_val, selection), REGIONS[split]
         ds = self._open(root)
         meta_map = getattr(ds, "_metadata_map", None) or {}
         idx = select_indices(
@@ -154,12 +199,27 @@ class FMoWBenchmark(Benchmark):
             np.asarray(ds.metadata_array),
             ds.metadata_fields,
             meta_map.get("region"),
-            split,
+            display,
+            region,
         )
+        if len(idx) == 0:
+            raise incomplete(self, f"images of WILDS split {display!r} in region {region} for {split!r}",
+                             "none found in the metadata", found=0)
         y = np.asarray(ds.y_array)
         samples = [(int(i), int(y[i])) for i in idx]
-        display, region = SPLITS[split]
-        info = {"source": str(Path(root) / FMOW_DIR), "wilds_split": display, "region": region, "official_size": None}
+        info = {
+            "source": str(Path(root) / FMOW_DIR),
+            "wilds_split": display,
+            "wilds_years": WILDS_YEARS[display],
+            "region": region,
+            "official_size": None,
+        }
+        if display == "Train" and selection == "heldout" and fmow_val == "id":
+            # ID Val is id_test under this reading, so the selection set is carved from train
+            samples, hold = select_train(samples, split, selection, FMOW_VAL_FRACTION)
+            info.update(hold)
+        elif split == "id_train":
+            info.update(train_split="full", holdout_fraction=None)
         return ImageDataset(samples, self.classnames, transform, split_info=info, loader=_WildsImages(ds))
 
 
@@ -170,5 +230,10 @@ FMOW = register_benchmark(
         splits={"id_train": "id", "id_val": "id", "id_test": "id", "africa": "ood", "europe": "ood"},
         layout=LAYOUT,
         how_to_get="pip install 'lpft[wilds]' && python -m lpft.vision.data download fmow --root DIR  (~54 GB)",
+        paper_selection=(
+            "FMoW americas_val: WILDS 'val' in the Americas (= id_test; official val_metric); ID Val 2002-2012 "
+            "with fmow_val='id', OOD Val 2013-2015 with fmow_val='ood'"
+        ),
+        options={"fmow_val": tuple(FMOW_VAL_READINGS)},
     )
 )

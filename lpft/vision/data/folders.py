@@ -264,6 +264,34 @@ def apply_holdout(samples: list, split: str, fraction: float, seed: int = HOLDOU
     return [samples[i] for i in idx], info
 
 
+def select_train(
+    samples: list, split: str, selection: str, fraction: float, seed: int = HOLDOUT_SEED
+) -> tuple[list, dict]:
+    """``id_train`` / ``id_val`` out of the official train split ``samples`` under ``selection``.
+
+    ``"heldout"``: :func:`apply_holdout` (a seeded ``fraction`` is ``id_val``). ``"paper"``: ``id_train`` is
+    all of ``samples`` (the paper's ``id_val`` is another split, see ``Benchmark.split_source``).
+
+    Returns:
+        ``(samples, split_info)``.
+    """
+    if selection == "heldout":
+        return apply_holdout(samples, split, fraction, seed)
+    if selection != "paper" or split != "id_train":
+        raise ValueError(f"the train split gives id_train (selection 'paper') or id_train/id_val ('heldout'), "
+                         f"not {split!r} under {selection!r}")
+    return list(samples), {"train_split": "full", "holdout_fraction": None}
+
+
+def train_val_sizes(n_train: int, n_test: int, selection: str, fraction: float) -> tuple[int, int]:
+    """(``id_train``, ``id_val``) sizes for an official train split of ``n_train`` and test split of ``n_test``."""
+    if selection == "paper":
+        return n_train, n_test
+    if selection != "heldout":
+        raise ValueError(f"selection must be 'heldout' or 'paper', got {selection!r}")
+    return holdout_sizes(n_train, fraction)
+
+
 def scan_class_folders(
     bench: Benchmark,
     base: Path,

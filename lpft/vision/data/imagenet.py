@@ -3,7 +3,9 @@
 Splits (Wortsman et al. 2022, WiSE-FT; Kumar et al. 2022, LP-FT):
 
 * ``id_train`` / ``id_val``: ImageNet train, with 2% held out for validation (seed
-  :data:`~lpft.vision.data.folders.HOLDOUT_SEED`, like the "ImageNet2p" held-out set of model soups);
+  :data:`~lpft.vision.data.folders.HOLDOUT_SEED`, like the "ImageNet2p" held-out set of model soups); with
+  ``selection="paper"`` ``id_train`` is all of ImageNet train and ``id_val`` is ``id_test`` (ImageNet val),
+  which LP-FT selects on (transfer_learning ``configs/adaptation/datasets_imagenet.yaml:60-61``);
 * ``id_test``: ImageNet val (50,000);
 * ``imagenet_v2`` (matched frequency), ``imagenet_sketch``: labels are ImageNet indices;
 * ``imagenet_r``, ``imagenet_a``: labels are ImageNet indices (1000-class space) and ``class_mask`` holds
@@ -22,11 +24,11 @@ from lpft.vision.data.base import Benchmark, register_benchmark
 from lpft.vision.data.folders import (
     GroupMaxProjection,
     ImageDataset,
-    apply_holdout,
-    holdout_sizes,
     list_images,
     load_facts,
     scan_class_folders,
+    select_train,
+    train_val_sizes,
 )
 from lpft.vision.data.imagenet_meta import (  # noqa: F401  (re-exported)
     LOCATIONS,
@@ -40,11 +42,11 @@ from lpft.vision.data.imagenet_meta import (  # noqa: F401  (re-exported)
 #: fraction of ImageNet train held out as ``id_val``
 IMAGENET_VAL_FRACTION = 0.02
 
-def official_counts() -> dict[str, int | None]:
-    """Official image counts per ImageNet split (``None`` where not known)."""
+def official_counts(selection: str = "heldout") -> dict[str, int | None]:
+    """Official image counts per ImageNet split under ``selection`` (``None`` where not known)."""
     v = load_facts("imagenet_variants")
     n_train = v["imagenet_1k"]["counts"]["train"]
-    tr, va = holdout_sizes(n_train, IMAGENET_VAL_FRACTION)
+    tr, va = train_val_sizes(n_train, v["imagenet_1k"]["counts"]["val"], selection, IMAGENET_VAL_FRACTION)
     return {
         "id_train": tr,
         "id_val": va,
@@ -71,16 +73,15 @@ LAYOUT = """\
 class ImageNetBenchmark(Benchmark):
     """ImageNet-1k (ID) with five OOD test sets; see the module docstring."""
 
-    def load(self, root, split, transform=None):
-        self.check_split(split)
+    def read_split(self, root, split, transform, *, selection, options):
         wnids = imagenet_wnids()
-        counts = official_counts()
+        counts = official_counts(selection)
         if split in ("id_train", "id_val"):
             base = locate(self, root, "train", "ImageNet train (imagenet/train/<wnid>/)", counts[split])
             samples = scan_class_folders(
                 self, base, wnids, range(1000), what="ImageNet train", official=load_facts("imagenet_variants")["imagenet_1k"]["counts"]["train"]
             )
-            samples, info = apply_holdout(samples, split, IMAGENET_VAL_FRACTION)
+            samples, info = select_train(samples, split, selection, IMAGENET_VAL_FRACTION)
             info.update(source=str(base), official_size=counts[split])
             return ImageDataset(samples, self.classnames, transform, split_info=info)
         if split == "id_test":
@@ -160,6 +161,7 @@ IMAGENET = register_benchmark(
         },
         templates=imagenet_templates(),
         layout=LAYOUT,
+        paper_selection="ImageNet val (= id_test; LP-FT selects on ImageNet val, datasets_imagenet.yaml:60-61)",
         how_to_get="python -m lpft.vision.data download imagenet --root DIR  (ImageNet and ObjectNet need a licence: "
         "the command prints what to fetch and where; the other sets are downloaded)",
     )

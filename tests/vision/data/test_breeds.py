@@ -63,3 +63,23 @@ def test_missing_subclass_folder_is_named(tmp_path):
     assert len(load_split("living17", tmp_path, "id_test")) == 34  # source folders intact
     with pytest.raises(DatasetIncompleteError, match=gone):
         load_split("living17", tmp_path, "ood_test")
+
+
+@pytest.mark.parametrize("name", ["living17", "entity30"])
+def test_paper_selection_trains_on_all_source_images_and_selects_on_source_val(tmp_path, name):
+    fixtures.build_breeds(tmp_path, name, train_per_subclass=3, val_per_subclass=2)
+    n_sub = sum(len(c["source_wnids"]) for c in load_facts("breeds")[name]["classes"])
+    tr = load_split(name, tmp_path, "id_train", selection="paper")
+    va = load_split(name, tmp_path, "id_val", selection="paper")
+    te = load_split(name, tmp_path, "id_test", selection="paper")
+    assert len(tr) == 3 * n_sub  # every source-subclass train image: no hold-out
+    held = load_split(name, tmp_path, "id_train").samples + load_split(name, tmp_path, "id_val").samples
+    assert sorted(tr.samples) == sorted(held)
+    assert va.samples == te.samples and len(va) == 2 * n_sub
+    assert all(Path(p).parent.parent.name == "val" for p, _ in va.samples)
+    assert va.split_info["same_as"] == "id_test" and va.split_info["selection"] == "paper"
+    assert tr.split_info["train_split"] == "full" and "holdout_seed" not in tr.split_info
+    counts = load_facts("breeds")["expected_image_counts"][name]
+    assert tr.split_info["official_size"] == counts["source_train"]
+    assert va.split_info["official_size"] == counts["source_val"]
+    assert "source val" in get_benchmark(name).paper_selection

@@ -75,3 +75,18 @@ def test_truncated_stl_is_reported(tmp_path):
     x.write_bytes(x.read_bytes()[: 3 * 96 * 96 * 5])
     with pytest.raises(DatasetIncompleteError, match="test_X.bin holds 5.00 images but test_y.bin 20 labels"):
         load_split("cifar10", tmp_path, "stl10")
+
+
+def test_paper_selection_is_full_train_and_the_test_set(cifar_root):
+    tr = load_split("cifar10", cifar_root, "id_train", selection="paper")
+    va = load_split("cifar10", cifar_root, "id_val", selection="paper")
+    te = load_split("cifar10", cifar_root, "id_test", selection="paper")
+    assert len(tr) == 50 and [i for i, _ in tr.samples] == list(range(50))  # all 5 train batches
+    assert va.samples == te.samples and len(va) == 20
+    for i in range(len(va)):
+        img, label = va[i]
+        assert _pixel_label(img) == label
+    assert va.split_info["same_as"] == "id_test" and va.split_info["official_size"] == 10000
+    assert tr.split_info["official_size"] == 50000 and tr.split_info["selection"] == "paper"
+    assert load_split("cifar10", cifar_root, "stl10", selection="paper").split_info["selection"] == "paper"
+    assert "test_acc/cifar10-test" in get_benchmark("cifar10").paper_selection

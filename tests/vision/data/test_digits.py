@@ -241,3 +241,15 @@ def test_fonts_without_digits_are_skipped(monkeypatch):
     assert "NoSuchFont.ttf" in text
     if (dg.font_dir() / "DejaVuSansDisplay.ttf").exists():
         assert "DejaVuSansDisplay.ttf" in text
+
+
+def test_paper_selection_falls_back_to_heldout_and_says_so():
+    assert get_benchmark("digits").paper_selection is None
+    for split in ("id_train", "id_val", "typeset"):
+        paper = load_split("digits", None, split, selection="paper")
+        held = load_split("digits", None, split)
+        assert np.array_equal(paper.arrays()[0], held.arrays()[0])
+        info = paper.split_info
+        assert (info["selection"], info["selection_requested"]) == ("heldout", "paper")
+        assert "no official selection set" in info["reason"] and "same_as" not in info
+        assert held.split_info["selection"] == "heldout" and "selection_requested" not in held.split_info

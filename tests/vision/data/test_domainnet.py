@@ -71,3 +71,16 @@ def test_bad_lines_name_file_and_line(tmp_path):
     f.write_text("just-a-path\n")
     with pytest.raises(ValueError, match=r":1: expected '<relative path> <label>'"):
         load_split("domainnet", tmp_path, "clipart")
+
+
+def test_paper_selection_is_full_sketch_train_and_sketch_test(domainnet_root):
+    tr = load_split("domainnet", domainnet_root, "id_train", selection="paper")
+    va = load_split("domainnet", domainnet_root, "id_val", selection="paper")
+    te = load_split("domainnet", domainnet_root, "id_test")
+    rows = fixtures.domainnet_rows("sketch", "train", 2)
+    assert [p for p, _ in tr.samples] == [str(domainnet_root / "domainnet" / r) for r, _ in rows]
+    assert va.samples == te.samples and len(va) == 40
+    assert va.split_info["same_as"] == "id_test" and va.split_info["source"].endswith("sketch_test_mini.txt")
+    assert tr.split_info["official_size"] == load_facts("domainnet")["split_files"]["sketch_train_mini.txt"]["lines"]
+    heldout = load_split("domainnet", domainnet_root, "id_train", selection="heldout")
+    assert len(heldout) == 72 and heldout.split_info["selection"] == "heldout"

@@ -141,3 +141,16 @@ def test_flat_val_folder_is_explained(tmp_path):
 def test_unknown_split_lists_valid_ones(imagenet_root):
     with pytest.raises(ValueError, match="imagenet_sketch"):
         load_split("imagenet", imagenet_root, "imagenet_c")
+
+
+def test_paper_selection_is_full_train_and_imagenet_val(imagenet_root):
+    tr = load_split("imagenet", imagenet_root, "id_train", selection="paper")
+    va = load_split("imagenet", imagenet_root, "id_val", selection="paper")
+    te = load_split("imagenet", imagenet_root, "id_test")
+    assert len(tr) == 1000 and {Path(p).parent.parent.name for p, _ in tr.samples} == {"train"}
+    assert va.samples == te.samples and {Path(p).parent.parent.name for p, _ in va.samples} == {"val"}
+    assert va.split_info["same_as"] == "id_test" and va.split_info["official_size"] == 50000
+    counts = load_facts("imagenet_variants")["imagenet_1k"]["counts"]
+    assert tr.split_info["official_size"] == counts["train"]
+    # heldout is the old 98/2 split, same seed
+    assert len(load_split("imagenet", imagenet_root, "id_train", selection="heldout")) == 980
