@@ -236,7 +236,7 @@ def _execute(cfg, provenance, bench, device, run_dir, per_rank, progress) -> Pat
                                image_size=cfg.image_size, augment=cfg.augment, feature_norm=cfg.feature_norm)
     backbone.eval()
     train_tf, eval_tf, tf_info = _build_transforms(cfg, backbone)
-    options = {"fmow_val": cfg.fmow_val} if cfg.fmow_val is not None else None
+    options = {"fmow_val": cfg.fmow_val} if cfg.fmow_val is not None and "fmow_val" in bench.options else None
 
     def split(name, transform):
         ds = load_split(cfg.benchmark, cfg.data_root, name, transform, selection=cfg.selection, options=options)

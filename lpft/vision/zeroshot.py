@@ -47,6 +47,12 @@ def _check_inputs(backbone, classnames, templates) -> None:
         raise ValueError(
             f"zero-shot heads need a CLIP backbone (is_clip=True); got {getattr(backbone, 'name', backbone)!r}"
         )
+    if not getattr(backbone, "feature_norm", True):
+        raise ValueError(
+            f"zero-shot heads are defined over L2-normalised image features (CLIP, WiSE-FT), but backbone "
+            f"{getattr(backbone, 'name', backbone)!r} has feature_norm=False; set backbone.feature_norm = True "
+            f"(create_backbone(..., feature_norm=True))"
+        )
     if isinstance(classnames, str) or len(classnames) == 0:
         raise ValueError("classnames must be a non-empty sequence of strings")
     if isinstance(templates, str) or len(templates) == 0:
@@ -68,14 +74,17 @@ def zeroshot_head(
     """Build CLIP's zero-shot linear head over L2-normalised image features.
 
     Args:
-        backbone: a CLIP :class:`~lpft.vision.backbones.Backbone` (``is_clip``), providing ``clip_model``,
-            ``tokenizer`` and ``logit_scale``.
+        backbone: a CLIP backbone (:class:`~lpft.vision.backbones.ClipBackbone`, ``is_clip``) with
+            ``feature_norm`` on: the head is defined over L2-normalised image features.
         classnames: ``C`` class names, in label order.
         templates: prompt templates with one ``{}`` (or callables ``classname -> prompt``).
-        device: where to run the text tower; default: the device of the backbone's parameters. The model
-            is moved there for the call and moved back afterwards.
+        device: where to run the text tower; default: the device of the backbone's image tower. Only the
+            text side is moved there, for the call, and moved back afterwards.
         batch_classes: how many classes' prompts are encoded per forward pass.
         progress: show a tqdm bar over classes.
+
+    Raises:
+        ValueError: not a CLIP backbone, ``feature_norm`` off, or bad class names / templates.
 
     Returns:
         ``(weight [C, D], bias [C])`` as float32 CPU tensors: each weight row is a unit vector times
@@ -84,28 +93,21 @@ def zeroshot_head(
     _check_inputs(backbone, classnames, templates)
     if int(batch_classes) < 1:
         raise ValueError(f"batch_classes must be >= 1, got {batch_classes!r}")
-    model = backbone.clip_model
-    home = next(model.parameters()).device
-    device = torch.device(device) if device is not None else home
-    modes = [(m, m.training) for m in model.modules()]
-    model.to(device).eval()
     n_t = len(templates)
     rows: list[torch.Tensor] = []
-    try:
+    # Only the text side moves to ``device`` (and back afterwards), in eval mode; modes are restored.
+    with backbone.text_tower(device) as model:
+        dev = model.logit_scale.device
         bar = tqdm(total=len(classnames), desc="zero-shot head", unit="class", disable=not progress)
         for start in range(0, len(classnames), int(batch_classes)):
             chunk = list(classnames[start:start + int(batch_classes)])
             texts = [p for c in chunk for p in prompts_for(c, templates)]
-            tokens = backbone.tokenizer(texts).to(device)
+            tokens = backbone.tokenizer(texts).to(dev)
             emb = model.encode_text(tokens).float()              # [len(chunk) * T, D]
             emb = F.normalize(emb, dim=-1).view(len(chunk), n_t, -1)
             rows.append(F.normalize(emb.mean(dim=1), dim=-1).cpu())  # [len(chunk), D]
             bar.update(len(chunk))
         bar.close()
-    finally:
-        model.to(home)
-        for m, mode in modes:
-            m.training = mode
     weight = torch.cat(rows, dim=0) * float(backbone.logit_scale)
     bias = torch.zeros(weight.shape[0], dtype=torch.float32)
     return weight.float().contiguous(), bias

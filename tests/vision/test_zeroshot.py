@@ -78,10 +78,38 @@ def test_zero_shot_logits_are_scaled_cosines(clip):
 
 def test_training_modes_are_restored(clip):
     clip.train()
-    clip.clip_model.visual.eval()
+    clip.visual.eval()
+    clip.clip_model.transformer.train()  # the text side is built in eval mode; any mode must survive
     zeroshot_head(clip, CLASSES[:2], TEMPLATES[:1], progress=False)
-    assert clip.clip_model.transformer.training and not clip.clip_model.visual.training
+    assert clip.clip_model.transformer.training and not clip.visual.training
+    clip.clip_model.transformer.eval()
     clip.eval()
+
+
+def test_text_tower_is_outside_the_backbone_and_left_in_place(clip):
+    """The head only needs the text side: it never enters the backbone's parameters or state dict, and
+    building the head leaves it (and the image tower) where they were."""
+    names = set(clip.state_dict())
+    assert names and all(k.startswith("visual.") for k in names)
+    text_params = {id(p) for p in clip.clip_model.transformer.parameters()}
+    assert not text_params & {id(p) for p in clip.parameters()}
+    before = {k: v.clone() for k, v in clip.clip_model.state_dict().items()}
+    zeroshot_head(clip, CLASSES, TEMPLATES, device="cpu", progress=False)
+    after = clip.clip_model.state_dict()
+    assert all(torch.equal(v, after[k]) and after[k].device == v.device for k, v in before.items())
+
+
+def test_encode_text_agrees_with_the_head(clip):
+    w, _ = zeroshot_head(clip, CLASSES[:1], TEMPLATES[:1], progress=False)
+    e = clip.encode_text([TEMPLATES[0].format(CLASSES[0])])
+    assert torch.allclose(w[0], F.normalize(e[0], dim=-1) * clip.logit_scale, atol=1e-5)
+
+
+def test_head_needs_normalised_features():
+    torch.manual_seed(0)
+    raw = create_backbone("tiny_clip", feature_norm=False)
+    with pytest.raises(ValueError, match="feature_norm"):
+        zeroshot_head(raw, CLASSES, TEMPLATES, progress=False)
 
 
 def test_bad_inputs_are_rejected(clip):
