@@ -13,7 +13,7 @@ Functional core (float64 arrays; ``X`` has one input per row):
 
 Around it: problem construction (:mod:`.data`), losses (:mod:`.model`), trajectories (:mod:`.dynamics`),
 closed forms (:mod:`.closed_form`), feature-change measurements (:mod:`.features`) and WiSE-FT identities
-(:mod:`.wise`). THEORY.md numbering: submission Thm 3.1 = arXiv Thm 3.2 (FT OOD lower bound).
+(:mod:`.wise`). Theorem numbering (docs/theory.md §0): submission Thm 3.1 = arXiv Thm 3.2 (FT OOD lower bound).
 """
 
 from .closed_form import (

@@ -2,7 +2,8 @@
 
 Numbering: "sub." = the OpenReview submission (Def 3.1, Thm 3.1 = FT lower bound, Thm 3.2 = LP vs FT,
 Prop 3.1 = ID error, Prop 3.2 = LP-FT); "arXiv" = 2202.10054 / ICLR 2022, where the FT bound is Thm 3.2 and
-LP vs FT is Thm 3.3. Results tagged [D] are derived in THEORY.md (Sec. 2.x) and checked by tests/synthetic.
+LP vs FT is Thm 3.3. Results tagged [D] are derived in docs/theory.md §2 (Results) and checked by
+tests/synthetic (docs/theory.md §3).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ __all__ = [
 def polar_factor(M) -> np.ndarray:
     """Orthogonal polar factor ``U V^T`` of ``M = U S V^T`` (the nearest orthogonal matrix to M).
 
-    Used for the frame U of ``eps = min_U ||B0 - U B*||_2`` (Sec. 3 of both versions; THEORY.md Sec. 1).
+    Used for the frame U of ``eps = min_U ||B0 - U B*||_2`` (Sec. 3 of both versions; docs/theory.md §1,
+    Setting and notation).
     """
     M = as_array("M", M, 2, "square matrix")
     if M.shape[0] != M.shape[1]:
@@ -110,7 +112,7 @@ def ft_ood_lower_bound(c_perp: float, k: int, phi: float, w_star_norm: float, ep
 
 
 def certificate_G(e, v_star_norm: float, c_perp: float):
-    """Certificate ``G(e)`` of THEORY.md Sec. 2.3 [D] (eps = 0, Sigma = I): ``phi^2 <= G(||w(t) - w*||)``.
+    """Certificate ``G(e)`` of docs/theory.md §2.3 [D] (eps = 0, Sigma = I): ``phi^2 <= G(||w(t) - w*||)``.
 
     With ``a = ||v*||``, ``delta = e / c_perp``, ``beta = sqrt(1 + (a + delta)^2)``:
     ``G(e) = 2 a^3 delta + a^2 delta^2 + 2 a e + e^2 + 2 (a + e) beta delta + beta^2 delta^2``.
@@ -127,7 +129,7 @@ def certificate_G(e, v_star_norm: float, c_perp: float):
 
 
 def certificate_error_lower_bound(phi: float, v_star_norm: float, c_perp: float) -> float:
-    """``G^{-1}(phi^2)``: a lower bound on ``||w_ft(t) - w*||`` for all t at eps = 0 (THEORY.md Sec. 2.3 [D])."""
+    """``G^{-1}(phi^2)``: a lower bound on ``||w_ft(t) - w*||`` for all t at eps = 0 (docs/theory.md §2.3 [D])."""
     phi = check_nonneg("phi", phi)
     if phi == 0:
         return 0.0
@@ -139,7 +141,7 @@ def certificate_error_lower_bound(phi: float, v_star_norm: float, c_perp: float)
 
 
 def lp_limit(X, Y, B0, v0=None) -> np.ndarray:
-    """Limit of LP gradient flow from ``v0`` (THEORY.md Sec. 2.4 [D]): ``Phi^+ Y + (I - Phi^+ Phi) v0``,
+    """Limit of LP gradient flow from ``v0`` (docs/theory.md §2.4 [D]): ``Phi^+ Y + (I - Phi^+ Phi) v0``,
     ``Phi = X B0^T``. Equals :func:`lpft.synthetic.linear_probe` for ``v0 = 0`` and for every v0 when
     ``c_S > 0`` (rank Phi = k). LP is convex gradient flow (Sec. 3 of both versions); with perfect features
     the limit has zero OOD error (Prop. A.2, appendix)."""
@@ -152,7 +154,7 @@ def lp_limit(X, Y, B0, v0=None) -> np.ndarray:
 
 
 def lp_limit_normal_equations(X, Y, B0) -> np.ndarray:
-    """``v_lp = (B0 Sigma_hat B0^T)^{-1} B0 X^T Y / n`` (THEORY.md Sec. 2.4 [D]; needs c_S > 0). With
+    """``v_lp = (B0 Sigma_hat B0^T)^{-1} B0 X^T Y / n`` (docs/theory.md §2.4 [D]; needs c_S > 0). With
     ``Y = X w*`` this is ``(B0 Sigma_hat B0^T)^{-1} B0 Sigma_hat w*``."""
     X, Y = check_data(X, Y)
     B0 = check_features(B0, X.shape[1])
@@ -167,7 +169,7 @@ def _lp_H(X, B0):
 
 
 def lp_trajectory(X, Y, B0, v0, t) -> np.ndarray:
-    """LP gradient flow in closed form (THEORY.md Sec. 2.4 [D]): ``v(t) = v_inf + exp(-t H)(v0 - v_inf)``,
+    """LP gradient flow in closed form (docs/theory.md §2.4 [D]): ``v(t) = v_inf + exp(-t H)(v0 - v_inf)``,
     ``H = (2/n) Phi^T Phi``. ``t`` scalar -> (k,), array (K,) -> (K, k)."""
     X, Y = check_data(X, Y)
     B0 = check_features(B0, X.shape[1])
@@ -182,7 +184,7 @@ def lp_trajectory(X, Y, B0, v0, t) -> np.ndarray:
 
 
 def lp_gd_iterate(X, Y, B0, v0, lr: float, K: int) -> np.ndarray:
-    """LP gradient descent in closed form (THEORY.md Sec. 2.4 [D]): ``v_K = v_inf + (I - lr H)^K (v0 - v_inf)``."""
+    """LP gradient descent in closed form (docs/theory.md §2.4 [D]): ``v_K = v_inf + (I - lr H)^K (v0 - v_inf)``."""
     X, Y = check_data(X, Y)
     B0 = check_features(B0, X.shape[1])
     v0 = check_head(v0, B0.shape[0])
@@ -195,7 +197,7 @@ def lp_gd_iterate(X, Y, B0, v0, lr: float, K: int) -> np.ndarray:
 
 def lp_ood_upper_bound(theta: float, v_star_norm: float, c_S: float, *, kappa: float = 1.0,
                        lam_max: float = 1.0) -> float:
-    """Upper bound on ``sqrt(L_Sigma(w_lp))`` for ``B0 = cos(theta) B* + sin(theta) N`` (THEORY.md Sec. 2.4 [D]):
+    """Upper bound on ``sqrt(L_Sigma(w_lp))`` for ``B0 = cos(theta) B* + sin(theta) N`` (docs/theory.md §2.4 [D]):
 
         sqrt(lambda_max(Sigma)) * tan(theta) * ||v*|| * (1 + sqrt(kappa) / c_S),
 
@@ -215,7 +217,7 @@ def lp_id_loss(X, Y, B0, Q_S, w_star) -> float:
 
 
 def ft_limit_k1(v0: float, b0, w_star, Q_S, *, sign: float | None = None) -> tuple[float, np.ndarray, np.ndarray]:
-    """Exact limit of FT gradient flow for k = 1 (THEORY.md Sec. 2.7 [D]; the computation behind Fig. 2).
+    """Exact limit of FT gradient flow for k = 1 (docs/theory.md §2.7 [D]; the computation behind Fig. 2).
 
     With ``B = b^T`` and scalar v: ``P_perp b`` never moves (Sec. 2.1), ``c' = v^2 - ||P_S b||^2`` is conserved
     (Sec. 2.2) and the limit interpolates (``v P_S b = P_S w*``), so
@@ -255,7 +257,7 @@ def ft_limit_k1(v0: float, b0, w_star, Q_S, *, sign: float | None = None) -> tup
 
 
 def gd_drift_increments(X, Y, vs, Bs, lr: float) -> np.ndarray:
-    """Exact per-step change of ``D = v v^T - B B^T`` under gradient descent (THEORY.md Sec. 2.2 [D]):
+    """Exact per-step change of ``D = v v^T - B B^T`` under gradient descent (docs/theory.md §2.2 [D]):
 
         D_{t+1} - D_t = lr^2 (g_v g_v^T - g_B g_B^T),
 

@@ -1,4 +1,4 @@
-"""Problem construction for the two-layer linear setting (THEORY.md Sec. 1 and fixture F of Sec. 3).
+"""Problem construction for the two-layer linear setting (docs/theory.md §1, Setting and notation; fixture F: §3).
 
 The ID support is a fixed m-dimensional subspace S of R^d with orthonormal basis ``Q_S`` (d, m) and complement
 ``Q_perp`` (d, d-m); training inputs span S, so S = rowspace(X) as in the paper (with m = n there).
@@ -125,7 +125,7 @@ def complement_rows(rng: np.random.Generator, B: np.ndarray) -> np.ndarray:
 
 
 def perturb_features(B_star, N, theta: float) -> np.ndarray:
-    """``B0 = cos(theta) B_star + sin(theta) N`` (THEORY.md Sec. 1; eps = 2 sin(theta/2))."""
+    """``B0 = cos(theta) B_star + sin(theta) N`` (docs/theory.md §1; eps = 2 sin(theta/2))."""
     B_star = as_array("B_star", B_star, 2, "k x d")
     N = as_array("N", N, 2, "k x d")
     if N.shape != B_star.shape:
@@ -156,7 +156,7 @@ def gaussian_design(rng: np.random.Generator, Q_S, n: int) -> np.ndarray:
 
 def make_problem(rng: np.random.Generator, *, d: int = 20, k: int = 3, m: int = 8, n: int = 16,
                  theta: float = 0.0, v_star_norm: float = 1.0, design: str = "whitened") -> Problem:
-    """Build fixture F of THEORY.md Sec. 3 (defaults d=20, k=3, m=8, n=16).
+    """Build fixture F of docs/theory.md §3 (defaults d=20, k=3, m=8, n=16).
 
     Draw order (fixed, so that changing ``theta`` or ``v_star_norm`` keeps everything else): Q, B_star,
     v_star direction, N, X.

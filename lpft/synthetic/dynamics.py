@@ -5,7 +5,7 @@
 * LP-FT: FT started from ``(v_lp, B0)`` (Prop. 3.2 of the submission).
 
 Gradient flow is integrated with scipy's DOP853 at tight tolerances (default rtol 1e-10, atol 1e-12): every
-"exact" statement of the theory is about gradient flow, and only Sec. 2.1 of THEORY.md (features move only
+"exact" statement of the theory is about gradient flow, and only docs/theory.md §2.1 (features move only
 inside the span of the training inputs) holds exactly for discrete gradient descent too.
 """
 
@@ -125,7 +125,7 @@ def simulate(
             The final step is always recorded.
         freeze_B: keep B at B0 (linear probing).
         weight_decay: gradient descent only; adds ``weight_decay * theta`` to the gradient. This BREAKS the
-            invariance B(t) P_perp = B0 P_perp (THEORY.md Sec. 2.1); kept only as a documented negative control.
+            invariance B(t) P_perp = B0 P_perp (docs/theory.md §2.1); kept only as a documented negative control.
         rtol, atol: ODE solver tolerances.
 
     Returns:
@@ -221,7 +221,7 @@ def _raise_diverged(X, v0, B0, lr, step):
 def linear_probe(X, Y, B0) -> np.ndarray:
     """Linear probing: the min-norm minimiser of ``||X B0^T v - Y||^2`` (k,).
 
-    This is the limit of LP gradient flow from ``v = 0`` (THEORY.md Sec. 2.4, [D]):
+    This is the limit of LP gradient flow from ``v = 0`` (docs/theory.md §2.4, [D]):
     ``v_lp = Phi^+ Y`` with ``Phi = X B0^T``. When ``c_S > 0`` (Def. 3.1) Phi has rank k and this equals the
     normal-equation solution ``(B0 Sigma_hat B0^T)^{-1} B0 Sigma_hat w_star`` independently of the LP head init.
     """

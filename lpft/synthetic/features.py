@@ -1,8 +1,9 @@
 """Feature-change measurements (Kumar et al. 2022, Sec. 3.2.1 and Sec. 4.3) and the NTK split.
 
-THEORY.md Sec. 2.1: the FT gradient for B is ``(2/n) v (X^T r)^T``, whose rows lie in S = rowspace(X), so
-``Delta B = B(t) - B0`` satisfies ``Delta B P_perp = 0``: features of OOD directions never change (Lemma A.3 of
-the LP-FT paper, restated as Cor. 4.3 by Tomihari & Sato 2024). Sec. 2.8: the linear analogue of
+docs/theory.md §2.1 (features move only inside S): the FT gradient for B is ``(2/n) v (X^T r)^T``, whose rows
+lie in S = rowspace(X), so ``Delta B = B(t) - B0`` satisfies ``Delta B P_perp = 0``: features of OOD directions
+never change (Lemma A.3 of the LP-FT paper, restated as Cor. 4.3 by Tomihari & Sato 2024). docs/theory.md §2.8:
+the linear analogue of
 Tomihari & Sato's Prop. 4.1 splits the output velocity into a pretrain (P) and an FT (F) part.
 """
 
@@ -41,7 +42,7 @@ def feature_change_ratio(B, B0, Sigma_ood, Sigma_id) -> float:
     """``E_ood ||Delta B x||^2 / E_id ||Delta B x||^2 = tr(dB Sigma_ood dB^T) / tr(dB Sigma_id dB^T)``.
 
     For FT iterates and ``Sigma_ood = a_S P_S + a_perp P_perp``, ``Sigma_id = P_S`` it equals a_S exactly
-    (THEORY.md Sec. 2.8 [D]): ID features change more than OOD ones iff a_S < 1 (measured on Living-17 in
+    (docs/theory.md §2.8 [D]): ID features change more than OOD ones iff a_S < 1 (measured on Living-17 in
     Sec. 4.3 of the paper).
     """
     B0 = check_features(B0)
@@ -56,7 +57,7 @@ def feature_change_ratio(B, B0, Sigma_ood, Sigma_id) -> float:
 
 
 def feature_velocity(X, Y, v, B, x) -> np.ndarray:
-    """``d(Bx)/dt = -(2/n)(r^T X x) v`` along FT gradient flow (THEORY.md Sec. 2.8 [D]): parallel to the head.
+    """``d(Bx)/dt = -(2/n)(r^T X x) v`` along FT gradient flow (docs/theory.md §2.8 [D]): parallel to the head.
 
     ``x`` may be (d,) or (p, d); returns (k,) or (p, k).
     """
@@ -80,7 +81,7 @@ def output_velocity(X, Y, v, B, x) -> np.ndarray:
 
 
 def output_velocity_split(X, Y, v, B, x) -> tuple[np.ndarray, np.ndarray]:
-    """NTK split of ``df(x)/dt`` (THEORY.md Sec. 2.8 [D]; linear analogue of Tomihari & Sato 2024, Prop. 4.1):
+    """NTK split of ``df(x)/dt`` (docs/theory.md §2.8 [D]; linear analogue of Tomihari & Sato 2024, Prop. 4.1):
 
         df(x)/dt = -(2/n) sum_i r_i [<B x, B x_i>  +  ||v||^2 <x, x_i>]
                  =        P-part (head moves)      +  F-part (features move, proportional to ||v||^2).

@@ -1,4 +1,4 @@
-"""Figures of the two-layer linear theory (THEORY.md Sec. 4), drawn with matplotlib's Agg canvas.
+"""Figures of the two-layer linear theory (docs/theory.md §4, Figures), drawn with matplotlib's Agg canvas.
 
 matplotlib is imported inside the functions, so ``import lpft.synthetic`` never loads it. Each ``fig_*``
 function computes its data with the package's own simulators / closed forms, writes ``<name>.png`` and
@@ -71,7 +71,7 @@ def fig2_toy(out_dir, *, beta_star: float = 1.0, beta0: float = 1.1, v_star: flo
              v0: float = 2.5) -> list[Path]:
     """Kumar et al. (2022) Fig. 2, COMPUTED: d=2, k=1, one training input x_id = e1 (S = span(e1)).
 
-    LP rescales b0 so that w_lp fits x_id; FT (exact limit, THEORY.md 2.7) moves b only along x_id and
+    LP rescales b0 so that w_lp fits x_id; FT (exact limit, docs/theory.md §2.7) moves b only along x_id and
     rescales. Both fit x_id (all predictors lie on the line w_1 = w*_1); their errors on x_ood = e2 differ.
     """
     b_star = np.array([np.cos(beta_star), np.sin(beta_star)])
@@ -110,7 +110,7 @@ def fig2_toy(out_dir, *, beta_star: float = 1.0, beta0: float = 1.1, v_star: flo
 
 def fig_ood_vs_eps(out_dir, *, seed: int = 0, thetas=None, T: float = 100.0) -> list[Path]:
     """sqrt(L_ood) vs eps (log-log) for LP, FT (sigma in {0.1, 1}), LP-FT, with the FT lower bound
-    (Thm 3.1 sub. = Thm 3.2 arXiv) and the [D] LP upper bound (THEORY.md 2.4). Fixture F, Sigma = I."""
+    (Thm 3.1 sub. = Thm 3.2 arXiv) and the [D] LP upper bound (docs/theory.md §2.4). Fixture F, Sigma = I."""
     thetas = np.logspace(-3, -0.3, 7) if thetas is None else np.asarray(thetas, dtype=float)
     rows = {"LP": [], "FT sigma=0.1": [], "FT sigma=1": [], "LP-FT": [], "bound sigma=0.1": [], "bound sigma=1": [],
             "LP bound": []}
@@ -174,7 +174,7 @@ def fig_loss_trajectories(out_dir, *, seed: int = 0, theta: float = 0.05, sigma:
 
 
 def fig_feature_change(out_dir, *, seed: int = 0, theta: float = 0.05, sigma: float = 1.0) -> list[Path]:
-    """||Delta B Q_S||_F vs ||Delta B Q_perp||_F over t for FT and LP-FT (THEORY.md 2.1: the second is 0)."""
+    """||Delta B Q_S||_F vs ||Delta B Q_perp||_F over t for FT and LP-FT (docs/theory.md §2.1: the second is 0)."""
     P, v0, _, _ = _F(seed, theta, sigma)
     times = np.concatenate([[0.0], np.logspace(-3, 2, 120)])
     fig, (ax,) = _new_figure(1, 5.4, 4.0)
@@ -196,8 +196,8 @@ def fig_feature_change(out_dir, *, seed: int = 0, theta: float = 0.05, sigma: fl
 
 def fig_wise_curves(out_dir, *, seed: int = 0, theta: float = 0.1, sigma: float = 1.0, a_S: float = 0.5,
                     a_perp: float = 1.5) -> list[Path]:
-    """WiSE-FT: parametric (L_id(alpha), L_ood(alpha)) for weight-space vs output-space ensembles (THEORY.md
-    2.9), theta0 = LP, theta1 in {FT, LP-FT}; Sigma_ood = a_S P_S + a_perp P_perp."""
+    """WiSE-FT: parametric (L_id(alpha), L_ood(alpha)) for weight-space vs output-space ensembles (docs/theory.md
+    §2.9), theta0 = LP, theta1 in {FT, LP-FT}; Sigma_ood = a_S P_S + a_perp P_perp."""
     P, v0, _, _ = _F(seed, theta, sigma)
     th0 = (linear_probe(P.X, P.Y, P.B0), P.B0)
     ends = {"FT": fine_tune(P.X, P.Y, v0, P.B0, T=100.0), "LP-FT": lp_ft(P.X, P.Y, P.B0, T=100.0)}
@@ -223,7 +223,7 @@ def fig_wise_curves(out_dir, *, seed: int = 0, theta: float = 0.1, sigma: float 
 def fig_gd_drift(out_dir, *, seed: int = 0, theta: float = 0.05, sigma: float = 1.0, T: float = 50.0,
                  etas=(0.04, 0.02, 0.01, 0.005)) -> list[Path]:
     """Drift ||D_K - D_0||_F of the conserved quantity D = v v^T - B B^T under GD to horizon T vs step size:
-    slope 1 on log-log (THEORY.md 2.2: D_{t+1} - D_t = eta^2 (g_v g_v^T - g_B g_B^T))."""
+    slope 1 on log-log (docs/theory.md §2.2: D_{t+1} - D_t = eta^2 (g_v g_v^T - g_B g_B^T))."""
     P, v0, _, _ = _F(seed, theta, sigma)
     D0 = conserved_quantity(v0, P.B0)
     drift = []

@@ -125,9 +125,10 @@ def conserved_quantity(v, B) -> np.ndarray:
 def max_stable_lr(X, v, B) -> float:
     """Largest gradient-descent step deemed stable at (v, B): ``1 / (lambda_max(Sigma_hat)(||B||_2^2 + 2||v||^2))``.
 
-    ``Sigma_hat = X^T X / n``. This is a Hessian-based estimate (THEORY.md Sec. 5): the Gauss-Newton part of the
-    Hessian of L_hat has top eigenvalue at most ``2 lambda_max(Sigma_hat)(||B||_2^2 + ||v||^2)``, and the residual
-    term adds at most the same order once the loss is small. It is a guide, not a guarantee.
+    ``Sigma_hat = X^T X / n``. This is a Hessian-based estimate (docs/theory.md §5, Numerical practice and
+    pitfalls): the Gauss-Newton part of the Hessian of L_hat has top eigenvalue at most
+    ``2 lambda_max(Sigma_hat)(||B||_2^2 + ||v||^2)``, and the residual term adds at most the same order once the
+    loss is small. It is a guide, not a guarantee.
     """
     X = as_array("X", X, 2, "n inputs x d")
     B = as_array("B", B, 2, "k x d")

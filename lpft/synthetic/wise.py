@@ -2,7 +2,7 @@
 
 ``theta_alpha = (1 - alpha) theta0 + alpha theta1`` with ``theta = (v, B)``. The weight-space ensemble (WSE)
 predictor is ``w_WSE(alpha) = B_alpha^T v_alpha``; the output-space ensemble (OSE) is
-``w_OSE(alpha) = (1 - alpha) w0 + alpha w1``. Identities of THEORY.md Sec. 2.9 [D] (WiSE-FT App. F,
+``w_OSE(alpha) = (1 - alpha) w0 + alpha w1``. Identities of docs/theory.md §2.9 [D] (WiSE-FT App. F,
 Proposition 1, states (a)):
 
 (a) the linearised model is affine in theta, so WSE = OSE exactly for it;
@@ -94,13 +94,13 @@ def ose_predictor(theta0, theta1, alpha) -> np.ndarray:
 
 
 def interpolation_q(theta0, theta1) -> np.ndarray:
-    """``q = Delta B^T Delta v`` (d,), so that ``w_WSE - w_OSE = -alpha (1 - alpha) q`` (THEORY.md 2.9(b))."""
+    """``q = Delta B^T Delta v`` (d,), so that ``w_WSE - w_OSE = -alpha (1 - alpha) q`` (docs/theory.md §2.9(b))."""
     v0, B0, v1, B1 = _pair(theta0, theta1)
     return (B1 - B0).T @ (v1 - v0)
 
 
 def linearised_output(x, theta, theta_ref) -> np.ndarray:
-    """First-order Taylor model around ``theta_ref = (v_r, B_r)`` (THEORY.md 2.9(a)):
+    """First-order Taylor model around ``theta_ref = (v_r, B_r)`` (docs/theory.md §2.9(a)):
     ``f_lin(x; theta) = v_r^T B_r x + (v - v_r)^T B_r x + v_r^T (B - B_r) x``. x (d,) or (p, d)."""
     vr, Br, v, B = _pair(theta_ref, theta)
     x = np.asarray(x, dtype=np.float64)
@@ -108,7 +108,7 @@ def linearised_output(x, theta, theta_ref) -> np.ndarray:
 
 
 def wse_loss_closed_form(theta0, theta1, alpha, w_star, Sigma=None) -> np.ndarray:
-    """``L_Sigma(w_WSE(alpha))`` through the OSE (THEORY.md 2.9(c) [D]):
+    """``L_Sigma(w_WSE(alpha))`` through the OSE (docs/theory.md §2.9(c) [D]):
 
         L_WSE = L_OSE - 2 alpha (1 - alpha) q^T Sigma (w_OSE - w*) + alpha^2 (1 - alpha)^2 q^T Sigma q,
 
@@ -129,7 +129,7 @@ def wse_loss_closed_form(theta0, theta1, alpha, w_star, Sigma=None) -> np.ndarra
 
 
 def wse_ose_gap_bound(theta0, theta1, alpha, w_star, Sigma=None) -> np.ndarray:
-    """Bound on ``|L_WSE - L_OSE|`` (THEORY.md 2.9(c) [D]):
+    """Bound on ``|L_WSE - L_OSE|`` (docs/theory.md §2.9(c) [D]):
     ``2 alpha(1-alpha) ||q||_Sigma ||w_OSE - w*||_Sigma + alpha^2 (1-alpha)^2 ||q||_Sigma^2``."""
     a = _alphas(alpha)
     al = np.atleast_1d(a)
@@ -147,7 +147,7 @@ def wse_ose_gap_bound(theta0, theta1, alpha, w_star, Sigma=None) -> np.ndarray:
 
 def ose_interior_minimum(w0, w1, w_star, Sigma=None, *, rtol: float = 1e-9) -> bool:
     """Whether ``alpha -> L_Sigma((1-alpha) w0 + alpha w1)`` has its minimum strictly inside (0, 1)
-    (THEORY.md 2.9(d) [D]): iff ``a^T Sigma b < min(a^T Sigma a, b^T Sigma b)``, a = w0 - w*, b = w1 - w*.
+    (docs/theory.md §2.9(d) [D]): iff ``a^T Sigma b < min(a^T Sigma a, b^T Sigma b)``, a = w0 - w*, b = w1 - w*.
 
     Ties within round-off (e.g. an endpoint that interpolates, b^T Sigma b = 0 = a^T Sigma b up to 1e-17) count
     as "not interior": the margin must exceed ``rtol * max(a^T Sigma a, b^T Sigma b)``.

@@ -217,11 +217,15 @@ class _GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or rank_world()[1] == 1:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
+        import warnings
+
+        from torch.distributed.nn.functional import all_reduce  # differentiable (gradients all-reduced too)
 
         dims = [d for d in range(x.dim()) if d != 1]
         count = torch.tensor([x.numel() / max(x.shape[1], 1)], dtype=x.dtype)
-        stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        with warnings.catch_warnings():  # its deprecation points to a functional API without autograd
+            warnings.simplefilter("ignore", FutureWarning)
+            stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
         c = x.shape[1]
         total = stats[-1]
         mean, sq = stats[:c] / total, stats[c:2 * c] / total

@@ -5,15 +5,20 @@ For each (benchmark, backbone) found under the runs directory:
 * ``<bench>-<backbone>-id_vs_ood``: ID (``id_test``) vs OOD accuracy per OOD split (and their average),
   each method at its ID-val-selected learning rate (mean +- 90% interval over seeds, seeds faint), and
   the WiSE-FT curve over alpha (Wortsman et al. 2022, Fig. 1);
-* ``<bench>-<backbone>-effective_robustness``: the same on logit-scaled axes with a linear fit (in logit
-  space) through every baseline run (zero-shot, LP, FT, LP-FT, all learning rates and seeds) when at
-  least 3 points exist; effective robustness = OOD accuracy above that line (Taori et al. 2020, as used
-  by WiSE-FT);
+* with ``--baseline CSV``: ``<bench>-<backbone>-effective_robustness``, the same on logit axes with the
+  logit-linear fit ``logit(ood) = slope * logit(id) + intercept`` through an **independent** set of standard
+  models (the CSV), and each method's effective robustness = its OOD accuracy minus that line's prediction at
+  its ID accuracy (Taori et al. 2020, "Measuring Robustness to Natural Distribution Shifts"; used by WiSE-FT);
+* without ``--baseline``: ``<bench>-<backbone>-logit_residual``, the same logit axes with a logit-linear fit
+  through the zero-shot / LP / FT / LP-FT runs themselves, and each method's residual from that fit. This is
+  **not** effective robustness: a least-squares line through the judged points makes their residuals cancel
+  on average, and a robust point tilts the line towards itself, so it is labelled as a residual everywhere;
 * ``<bench>-<backbone>-acc_vs_alpha``: accuracy vs the WiSE-FT mixing coefficient;
 * ``<bench>-<backbone>-feature_distortion``: feature change from the pretrained backbone (mean squared
   change and cosine similarity) for FT vs LP-FT on ID and OOD splits (Kumar et al. 2022, Sec. 4.3).
 
-``python -m lpft.vision.plot --runs DIR --out DIR`` writes them and prints the paths.
+``python -m lpft.vision.plot --runs DIR --out DIR [--baseline CSV]`` writes them and prints the paths. The
+baseline CSV has columns ``model, id_acc, ood_acc`` and optionally ``ood_split`` (see :func:`load_baseline`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
 from lpft.vision.io import atomic_path
+from lpft.vision.robustness import (  # noqa: F401  (effective_robustness re-exported for callers of the plots)
+    Baseline, LogitLine, baseline_line, effective_robustness, fit_logit_line, load_baseline, logit, sigmoid,
+)
 from lpft.vision.table import (
     Series,
     per_seed,
@@ -42,7 +50,6 @@ from lpft.vision.table import (
 )
 
 COLORS = {"zeroshot": "tab:gray", "lp": "tab:blue", "ft": "tab:red", "lpft": "tab:green", "wiseft": "tab:purple"}
-EPS = 1e-3  # accuracies are clipped to [EPS, 1 - EPS] on logit axes
 LOGIT_TICKS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
@@ -70,17 +77,11 @@ def _points(s: Series, lr, alpha, split: str, oods: Sequence[str]):
     return {k: idv[k] for k in seeds}, {k: ov[k] for k in seeds}
 
 
-def _logit(p):
-    p = np.clip(np.asarray(p, dtype=float), EPS, 1 - EPS)
-    return np.log(p / (1 - p))
+def fit_through_runs(group: Sequence[Series], split: str) -> LogitLine | None:
+    """Logit-linear fit through the runs themselves: every zero-shot, LP, FT and LP-FT run (all learning rates
+    and seeds; not WiSE-FT's interpolations). Residuals from it are not effective robustness (module docstring).
 
-
-def baseline_fit(group: Sequence[Series], split: str) -> tuple[float, float, int] | None:
-    """Linear fit ``logit(ood) = slope * logit(id) + intercept`` through every baseline run.
-
-    Baselines are all runs of zero-shot, LP, FT and LP-FT (every learning rate and seed), i.e. not
-    WiSE-FT's interpolations. Returns ``(slope, intercept, n_points)``, or ``None`` with fewer than 3
-    points or a single ID accuracy.
+    Returns ``None`` with fewer than 3 points or a single ID accuracy.
     """
     oods = ood_splits(group)
     xs, ys = [], []
@@ -93,18 +94,26 @@ def baseline_fit(group: Sequence[Series], split: str) -> tuple[float, float, int
             ys += list(ox.values())
     if len(xs) < 3 or len({round(x, 9) for x in xs}) < 2:
         return None
-    slope, icpt = np.polyfit(_logit(xs), _logit(ys), 1)
-    return float(slope), float(icpt), len(xs)
+    return fit_logit_line(xs, ys, "runs")
 
 
-def effective_robustness(id_acc: float, ood_acc: float, fit: tuple[float, float, int]) -> float:
-    """OOD accuracy above the baseline fit at the same ID accuracy (Taori et al. 2020), as a fraction."""
-    slope, icpt, _ = fit
-    return float(ood_acc - 1 / (1 + np.exp(-(slope * _logit(id_acc) + icpt))))
+def _quantity(line: LogitLine, id_acc: float, ood_acc: float) -> str:
+    """Legend text for one point: effective robustness (baseline) or residual (fit through the runs)."""
+    name = "effective robustness" if line.source == "baseline" else "residual"
+    return f"{name} {100 * line.residual(id_acc, ood_acc):+.1f} pp"
 
 
-def _draw_scatter(ax, group: Sequence[Series], split: str, oods: Sequence[str], logit: bool) -> None:
-    fit = baseline_fit(group, split) if logit else None
+def _line_label(line: LogitLine) -> str:
+    if line.source == "baseline":
+        return f"baseline: logit-linear fit to {line.n} independent models"
+    return f"logit-linear fit through these runs (n={line.n})"
+
+
+def _draw_scatter(ax, group: Sequence[Series], split: str, oods: Sequence[str], logit_axes: bool,
+                  baseline: Baseline | None = None) -> None:
+    line = None
+    if logit_axes:
+        line = baseline_line(baseline, split) if baseline is not None else fit_through_runs(group, split)
     for s in group:
         lr_sel, _ = select_lr(s)
         color = COLORS.get(s.method, "black")
@@ -119,7 +128,11 @@ def _draw_scatter(ax, group: Sequence[Series], split: str, oods: Sequence[str], 
                     shown.append(a)
             if xs:
                 ls = "--" if s.bn_stats == "interpolated" else "-"
-                ax.plot(xs, ys, ls, color=color, marker=".", label=f"{s.label} (α 0→1)")
+                label = f"{s.label} (α 0→1)"
+                if line is not None and 0.5 in shown:
+                    k = shown.index(0.5)
+                    label += f", α=0.5: {_quantity(line, xs[k], ys[k])}"
+                ax.plot(xs, ys, ls, color=color, marker=".", label=label)
                 for a, x, y in zip(shown, xs, ys):
                     if a in (0.0, 0.5, 1.0):
                         ax.annotate(f"α={a:g}", (x, y), textcoords="offset points", xytext=(4, -8), fontsize=7)
@@ -133,41 +146,61 @@ def _draw_scatter(ax, group: Sequence[Series], split: str, oods: Sequence[str], 
             continue
         ax.scatter(list(ix.values()), list(ox.values()), s=10, color=color, alpha=0.4, linewidths=0)
         (mx, cx), (my, cy) = _mean_ci(ix), _mean_ci(ox)
-        label = s.label
-        if fit is not None:
-            label += f" (ER {100 * effective_robustness(mx, my, fit):+.1f} pp)"
+        label = s.label + (f" ({_quantity(line, mx, my)})" if line is not None else "")
         ax.errorbar([mx], [my], xerr=[cx], yerr=[cy], fmt="o", color=color, ms=6, capsize=2, label=label)
-    if logit:
+    if logit_axes:
+        if baseline is not None and baseline.for_split(split):
+            pts = baseline.for_split(split)
+            ax.scatter([p[1] for p in pts], [p[2] for p in pts], s=12, marker="x", color="0.45", linewidths=0.8,
+                       label=f"baseline models ({len(pts)})")
         for axis, setter in ((ax.xaxis, ax.set_xscale), (ax.yaxis, ax.set_yscale)):
             setter("logit")
             axis.set_major_locator(FixedLocator(LOGIT_TICKS))
             axis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:g}%"))
             axis.set_minor_locator(NullLocator())
             axis.set_minor_formatter(NullFormatter())
-        if fit is not None:
-            lo, hi = (float(_logit(v)) for v in ax.get_xlim())
+        if line is not None:
+            lo, hi = (float(logit(v)) for v in ax.get_xlim())
             grid = np.linspace(lo, hi, 50)
-            ax.plot(1 / (1 + np.exp(-grid)), 1 / (1 + np.exp(-(fit[0] * grid + fit[1]))), ":", color="black",
-                    lw=1, label=f"baseline fit (logit, n={fit[2]})")
+            ax.plot(sigmoid(grid), sigmoid(line.slope * grid + line.intercept), ":", color="black", lw=1,
+                    label=_line_label(line))
+        if baseline is not None:
+            ax.set_title("effective robustness vs independent baseline" if line is not None
+                         else "no baseline models for this split", fontsize=8)
+        else:
+            ax.set_title("residual from a logit-linear fit through these runs\n(no independent baseline)",
+                         fontsize=8)
     else:
         lo = min(ax.get_xlim() + ax.get_ylim())
         hi = max(ax.get_xlim() + ax.get_ylim())
         ax.plot([lo, hi], [lo, hi], color="0.8", lw=0.8, zorder=0)
-    ax.set_xlabel("ID accuracy (id_test)")
-    ax.set_ylabel(f"OOD accuracy ({split})")
+    ax.set_xlabel("ID accuracy (id_test)" + (", logit scale" if logit_axes else ""))
+    ax.set_ylabel(f"OOD accuracy ({split})" + (", logit scale" if logit_axes else ""))
     ax.grid(alpha=0.3)
 
 
-def _scatter_figure(title: str, group: Sequence[Series], logit: bool) -> Figure | None:
+def scatter_figure(title: str, group: Sequence[Series], logit_axes: bool,
+                   baseline: Baseline | None = None) -> Figure | None:
+    """ID vs OOD accuracy, one panel per OOD column (``None`` without OOD columns).
+
+    Args:
+        title: the figure's title.
+        group: the families of one (benchmark, backbone) (:func:`lpft.vision.table.build_series`).
+        logit_axes: logit axes with a logit-linear line; each panel then has its own legend, since the
+            effective robustness / residual of a method differs per split.
+        baseline: independent standard models; with it the line is theirs and the legend gives effective
+            robustness, without it the line goes through the runs and the legend gives residuals.
+    """
     oods = ood_splits(group)
     panels = [c for c in columns(group) if c != "id_test"]
     if not panels:
         return None
-    fig = Figure(figsize=(4.2 * len(panels), 4.0), layout="constrained")
+    fig = Figure(figsize=(4.2 * len(panels), 4.0 + (0.6 if logit_axes else 0.0)), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, split in zip(axes, panels):
-        _draw_scatter(ax, group, split, oods, logit)
-    axes[0].legend(fontsize=7, loc="best")
+        _draw_scatter(ax, group, split, oods, logit_axes, baseline)
+    for ax in axes if logit_axes else axes[:1]:
+        ax.legend(fontsize=6 if logit_axes else 7, loc="best")
     fig.suptitle(title)
     return fig
 
@@ -218,7 +251,8 @@ def _distortion_figure(title: str, records: Sequence[dict[str, Any]], group: Seq
             lr = r.get("lr")
             if r["method"] in selected and lr != selected[r["method"]]:
                 continue  # only the model at the learning rate the table reports
-            data.setdefault(metric, {}).setdefault(r["method"], {}).setdefault(r["eval_split"], {})[r["seed"]] = r["value"]
+            per_split = data.setdefault(metric, {}).setdefault(r["method"], {})
+            per_split.setdefault(r["eval_split"], {})[r["seed"]] = r["value"]
             shifts[r["eval_split"]] = r["shift"]
     if not data:
         return None
@@ -248,17 +282,41 @@ def _distortion_figure(title: str, records: Sequence[dict[str, Any]], group: Seq
     return fig
 
 
-def make_plots(records: Sequence[dict[str, Any]], out_dir: str | os.PathLike) -> list[Path]:
-    """Write every figure the records support into ``out_dir``; return the written paths (PNG and PDF)."""
+def _check_baseline_splits(baseline: Baseline, groups: dict) -> None:
+    panels = sorted({c for g in groups.values() for c in columns(g) if c != "id_test"})
+    unknown = [sp for sp in baseline.splits if sp not in panels]
+    if unknown:
+        raise ValueError(f"{baseline.path}: ood_split {unknown} matches no OOD column of the runs; the runs have "
+                         f"{panels}")
+
+
+def make_plots(records: Sequence[dict[str, Any]], out_dir: str | os.PathLike,
+               baseline: Baseline | str | os.PathLike | None = None) -> list[Path]:
+    """Write every figure the records support into ``out_dir``; return the written paths (PNG and PDF).
+
+    Args:
+        records: records as read by :func:`lpft.vision.table.load_records`.
+        out_dir: where the figures go.
+        baseline: a :class:`~lpft.vision.robustness.Baseline` or the path of its CSV. With it the logit-axes
+            figure is ``effective_robustness``; without it, ``logit_residual`` (see the module docstring).
+
+    Raises:
+        ValueError: a bad baseline CSV, or one naming an OOD split that no run has.
+    """
+    if baseline is not None and not isinstance(baseline, Baseline):
+        baseline = load_baseline(baseline)
     out_dir = Path(out_dir)
     written: list[Path] = []
     groups = build_series(records)
+    if baseline is not None:
+        _check_baseline_splits(baseline, groups)
+    logit_name = "logit_residual" if baseline is None else "effective_robustness"
     for (bench, bb), group in groups.items():
         title = f"{bench} / {bb}"
         stem = out_dir / f"{bench}-{bb}"
         figs = {
-            "id_vs_ood": _scatter_figure(title, group, logit=False),
-            "effective_robustness": _scatter_figure(title + " (logit axes)", group, logit=True),
+            "id_vs_ood": scatter_figure(title, group, logit_axes=False),
+            logit_name: scatter_figure(title + " (logit axes)", group, logit_axes=True, baseline=baseline),
             "acc_vs_alpha": _alpha_figure(title, group),
             "feature_distortion": _distortion_figure(title, records, group),
         }
@@ -268,18 +326,25 @@ def make_plots(records: Sequence[dict[str, Any]], out_dir: str | os.PathLike) ->
     return written
 
 
-def plot_runs(runs: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
-    """Read every ``records.jsonl`` under ``runs`` and write the figures into ``out_dir``."""
-    return make_plots(load_records(runs), out_dir)
+def plot_runs(runs: str | os.PathLike, out_dir: str | os.PathLike,
+              baseline: Baseline | str | os.PathLike | None = None) -> list[Path]:
+    """Read every ``records.jsonl`` under ``runs`` and write the figures into ``out_dir`` (see :func:`make_plots`)."""
+    if baseline is not None and not isinstance(baseline, Baseline):
+        baseline = load_baseline(baseline)  # a bad CSV fails before any record is read
+    return make_plots(load_records(runs), out_dir, baseline)
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
-    """CLI: ``python -m lpft.vision.plot --runs DIR --out DIR``; prints each written path."""
+    """CLI: ``python -m lpft.vision.plot --runs DIR --out DIR [--baseline CSV]``; prints each written path."""
     ap = argparse.ArgumentParser(prog="python -m lpft.vision.plot", description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", default="runs", help="directory holding <run_id>/records.jsonl")
     ap.add_argument("--out", default="figures/vision", help="where to write the figures")
+    ap.add_argument("--baseline", default=None, metavar="CSV",
+                    help="independent standard models (columns model, id_acc, ood_acc[, ood_split]; accuracies in "
+                         "%% or [0, 1]): the logit-axes figure then shows effective robustness against them; "
+                         "without it, residuals from a fit through the runs themselves")
     args = ap.parse_args(argv)
-    paths = plot_runs(args.runs, args.out)
+    paths = plot_runs(args.runs, args.out, args.baseline)
     if not paths:
         print(f"no figure: the records under {args.runs} have no id_test + OOD accuracies")
     for p in paths:

@@ -1,17 +1,24 @@
 """Published numbers to compare against: LP-FT (Kumar et al. 2022) and WiSE-FT (Wortsman et al. 2022).
 
-The numbers live in ``published.json`` next to this module, each entry with its source (paper, table,
-column, the paper's backbone). They were copied exactly from the papers as quoted in the project's
-protocol notes; where a paper column cannot be mapped onto an ``lpft`` split without guessing (LP-FT's
-single DomainNet and FMoW OOD numbers), the entry is kept with ``split`` null and never matched, and
-columns that were not found (LP-FT's ImageNet columns) are absent. An empty comparison cell is better
-than a wrong one.
+The numbers live in ``published.json`` next to this module, each entry with its source (paper version,
+table, row, column, the paper's backbone). They were copied exactly from the papers; where a paper column
+cannot be mapped onto an ``lpft`` split without guessing (LP-FT's single DomainNet and FMoW OOD numbers),
+the entry is kept with ``split`` null and never matched, and cells that were not transcribed are listed under
+``not_found`` (LP-FT's ImageNet columns; WiSE-FT's ViT-B/16 linear-classifier optimum). An empty comparison
+cell is better than a wrong one.
 
 Keys: ``method`` (``lp``, ``ft``, ``lpft``, ``wiseft``, ``zeroshot``), ``backbone`` (an ``lpft`` registry
 name; a paper backbone without one, e.g. MoCo-TP or CLIP ViT-L/14@336px, gets a name no registered
 backbone has), ``benchmark``, ``split`` (an ``lpft`` split name or ``"ood_avg"``), ``alpha`` (WiSE-FT:
-``0.5`` or ``"oracle"`` for the per-column optimum, else null) and ``variant`` (null for the default row;
-``"LC"``, ``"clip_paper"``, ``"table8"`` for the paper's other rows with the same key).
+``0.5`` or ``"oracle"`` for the per-column optimum, else null) and ``variant``:
+
+* ``null``: the default row for the key. For WiSE-FT that is the end-to-end (E2E) variant, where theta_1 is
+  the whole fine-tuned network (Table 1 for ViT-L/14@336px, Table 8 for ViT-B/16);
+* ``"LC"``: WiSE-FT's linear-classifier variant (theta_0 and theta_1 differ in the head only; Table 1 for
+  ViT-L/14@336px, Table 5 for ViT-B/16 at alpha = 0.5). ``lpft.vision.table`` compares runs with
+  ``wiseft_finetune == "linear"`` against these rows only;
+* ``"clip_paper"``, ``"table8"``: the paper's other rows with the same key (CLIP's own LC and zero-shot numbers;
+  Table 8's repeat of the ViT-L/14@336px rows).
 """
 
 from __future__ import annotations

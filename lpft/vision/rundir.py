@@ -36,10 +36,10 @@ __all__ = ["BOOKKEEPING_FIELDS", "DERIVED_FIELDS", "RunConfigMismatch", "config_
 #: fields that do not change what a run computes (where it writes, how it is launched, how much it prints)
 BOOKKEEPING_FIELDS = frozenset({
     "out", "run_id", "resume", "cache_dir", "data_root", "device", "quiet", "progress", "environment",
-    "distributed", "preset",
+    "distributed", "preset", "provenance",
 })
 #: fields that the run derives from the data and weights; compared only when both sides have them
-DERIVED_FIELDS = frozenset({"split_info", "backbone_weights_id", "transforms"})
+DERIVED_FIELDS = frozenset({"split_info", "backbone_weights_id", "transforms", "transforms_resolved"})
 
 
 class RunConfigMismatch(ValueError):

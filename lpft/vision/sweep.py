@@ -1,15 +1,20 @@
-"""Run a paper-style sweep (each method's learning-rate grid x seeds) one run after another.
+"""Run a paper-style sweep (each method's learning-rate grid x seeds): in this process, or as cluster jobs.
 
 ``python -m lpft.vision.sweep --benchmark B --backbone K --methods lp,ft,lpft,wiseft --seeds 0,1,2
-[--lrs paper|preset|LIST] --out DIR [run flags...]``
+[--lrs paper|preset|LIST] --out DIR [--executor inline|local|slurm ...] [--status] [run flags...]``
 
-The run list is a plain data structure (:func:`plan_sweep` returns :class:`SweepRun` items holding
-the runner's argv), so the same plan can later be submitted to a cluster scheduler instead of
-:func:`run_sweep`. Runs whose ``<out>/<run_id>/records.jsonl`` exists are complete and skipped, so an
-interrupted sweep resumes where it stopped. Every run's records land under ``--out``: the input of
+The run list is a plain data structure (:func:`plan_sweep` returns :class:`SweepRun` items holding the
+runner's argv and its resolved config). ``--executor inline`` (default) runs them one after another in this
+process; ``local`` / ``slurm`` submit one submitit job per run (:mod:`lpft.vision.cluster`), requeued with
+``--resume`` on preemption; ``--status`` prints where every run stands. Runs whose
+``<out>/<run_id>/records.jsonl`` exists are complete and skipped, runs with checkpoints but no records are
+resumed, so an interrupted sweep continues where it stopped. A run directory is never reused for another
+config: each planned run's resolved config is compared with the stored ``config.json`` before anything runs,
+and a mismatch (say a ``--limit 40`` smoke sweep into the same ``--out``) is refused with the runs and fields
+named (:mod:`lpft.vision.rundir`). Every run's records land under ``--out``: the input of
 ``python -m lpft.vision.table --runs DIR``.
 
-Learning-rate grids (Kumar et al. 2022, code release; PROTOCOL-LPFT 4.2 / 4.4) are kept as data in
+Learning-rate grids (Kumar et al. 2022, code release; ``docs/protocols.md``) are kept as data in
 :data:`PAPER_LR_GRIDS`. LP and zero-shot have no learning rate: one run per seed.
 """
 
@@ -20,14 +25,16 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-# LP-FT release grids (Kumar et al. 2022; PROTOCOL-LPFT 4.2, 4.4). ImageNet (CLIP ViT-B/16) uses smaller ones.
+from lpft.vision.rundir import DERIVED_FIELDS, RunConfigMismatch, config_diff, format_diff, read_config
+
+# LP-FT release grids (Kumar et al. 2022; docs/protocols.md). ImageNet (CLIP ViT-B/16) uses smaller ones.
 FT_GRID = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 LPFT_GRID = (1e-4, 3e-5, 1e-5, 3e-6, 1e-6, 3e-7)
 FT_GRID_IMAGENET = (1e-4, 3e-4, 1e-3)
 LPFT_GRID_IMAGENET = (1e-5, 3e-5, 1e-4)
-# WiSE-FT fine-tunes zero-shot CLIP with one learning rate, 3e-5 (Wortsman et al. 2022, Sec. 3; PROTOCOL-WISEFT 0).
+# WiSE-FT fine-tunes zero-shot CLIP with one learning rate, 3e-5 (Wortsman et al. 2022, Sec. 3; docs/protocols.md).
 WISEFT_CLIP_LR = (3e-5,)
 
 PAPER_LR_GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
@@ -74,6 +81,9 @@ class SweepRun:
     run_id: str
     out: str
     argv: tuple[str, ...] = field(default=())
+    #: the resolved config as compared with a stored ``config.json`` (:func:`requested_config`); empty when the
+    #: run was built by hand, in which case :func:`check_plan` resolves it from ``argv``
+    config: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def run_dir(self) -> Path:
@@ -87,10 +97,67 @@ class SweepRun:
         """A run is complete iff its ``records.jsonl`` exists (the runner writes it atomically at the end)."""
         return self.records_path.is_file()
 
+    def is_resumable(self) -> bool:
+        """Checkpoints of an unfinished run exist (``<run_dir>/*/last.pt`` or its ``last.prev.pt`` copy)."""
+        return not self.is_complete() and any(
+            any(self.run_dir.glob(f"*/{name}")) for name in ("last.pt", "last.prev.pt"))
+
+    def launch_argv(self) -> list[str]:
+        """The argv to start the run with now: ``argv`` plus ``--resume`` when it has checkpoints to continue."""
+        argv = list(self.argv)
+        return argv + ["--resume"] if self.is_resumable() and "--resume" not in argv else argv
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["argv"] = list(self.argv)
+        d["argv"], d["config"] = list(self.argv), dict(self.config)
         return d
+
+
+def resolve_run_config(argv: Sequence[str]):
+    """The :class:`~lpft.vision.config.RunConfig` the runner would execute for ``argv``, without running it.
+
+    Parses with the runner's own parser (``lpft.vision.run.build_parser`` / ``config_from_args``), resolves
+    presets (``resolve_config``) and fills the run id (``default_run_id``) as the runner does. Bad flags raise
+    ``ValueError`` instead of exiting.
+    """
+    from lpft.vision.config import default_run_id, resolve_config
+    from lpft.vision.run import build_parser, config_from_args
+
+    parser = build_parser()
+
+    def _error(message: str):
+        raise ValueError(f"runner flags {' '.join(argv)!r}: {message}")
+
+    parser.error = _error  # type: ignore[method-assign]
+    cfg = resolve_config(config_from_args(parser.parse_args(list(argv))))
+    cfg.run_id = cfg.run_id or default_run_id(cfg)
+    return cfg
+
+
+def requested_config(cfg) -> dict[str, Any]:
+    """``cfg.to_dict()`` without the derived fields the run fills in itself (empty before it runs)."""
+    return {k: v for k, v in cfg.to_dict().items() if not (k in DERIVED_FIELDS and v in (None, {}, [], ""))}
+
+
+def check_plan(runs: Sequence[SweepRun]) -> None:
+    """Refuse to reuse any run directory that holds a run of another config.
+
+    Raises:
+        RunConfigMismatch: naming every such run and its differing fields (``stored != requested``).
+    """
+    problems = []
+    for r in runs:
+        stored = read_config(r.run_dir)
+        if stored is None:
+            continue
+        diff = config_diff(stored, r.config or requested_config(resolve_run_config(r.argv)))
+        if diff:
+            problems.append(f"{r.run_id}:\n{format_diff(diff)}")
+    if problems:
+        raise RunConfigMismatch(
+            f"{len(problems)} run director{'y' if len(problems) == 1 else 'ies'} under {runs[0].out} hold runs of "
+            f"another config; refusing to reuse them:\n" + "\n".join(problems)
+            + "\nChoose another --out, or remove those run directories to rerun them.")
 
 
 def _preset_lr(method: str, benchmark: str, backbone: str) -> float | None:
@@ -121,7 +188,12 @@ def plan_sweep(
         extra_args: further runner flags appended to every argv (``--epochs 2 --limit 64 ...``).
 
     Returns:
-        The runs in execution order (method, then learning rate, then seed).
+        The runs in execution order (method, then learning rate, then seed), each with its resolved config;
+        run ids are the runner's defaults (:func:`resolve_run_config`).
+
+    Raises:
+        ValueError: unknown methods, no seeds, bad learning rates, flags the sweep sets itself, or run flags
+            the runner rejects.
     """
     if not methods:
         raise ValueError("no methods given; expected some of " + ", ".join(ALL_METHODS))
@@ -151,12 +223,13 @@ def plan_sweep(
             grid = lrs
         for lr in grid:
             for seed in dict.fromkeys(int(s) for s in seeds):
-                rid = run_id_for(benchmark, backbone, m, lr, seed)
-                argv = ["--method", m, "--benchmark", benchmark, "--backbone", backbone, "--seed", str(seed),
-                        "--out", str(out), "--run-id", rid]
-                if lr is not None:
-                    argv += ["--lr", repr(float(lr))]
-                runs.append(SweepRun(m, benchmark, backbone, seed, lr, rid, str(out), tuple(argv) + tuple(extra_args)))
+                head = ["--method", m, "--benchmark", benchmark, "--backbone", backbone, "--seed", str(seed),
+                        "--out", str(out)]
+                tail = (["--lr", repr(float(lr))] if lr is not None else []) + list(extra_args)
+                cfg = resolve_run_config(head + tail)
+                argv = tuple(head + ["--run-id", cfg.run_id] + tail)
+                runs.append(SweepRun(m, benchmark, backbone, seed, lr, cfg.run_id, str(out), argv,
+                                     requested_config(cfg)))
     return runs
 
 
@@ -167,7 +240,10 @@ def run_sweep(
     keep_going: bool = False,
     progress: bool = True,
 ) -> dict[str, list[str]]:
-    """Execute runs one after another in this process, skipping complete ones.
+    """Execute runs one after another in this process, skipping complete ones and resuming interrupted ones.
+
+    Every run directory is checked against its planned config first (:func:`check_plan`); nothing runs when
+    one holds another config.
 
     Args:
         runs: from :func:`plan_sweep`.
@@ -177,7 +253,11 @@ def run_sweep(
 
     Returns:
         ``{"done": [...], "skipped": [...], "failed": [...]}`` lists of run ids.
+
+    Raises:
+        RunConfigMismatch: a run directory holds a run of another config.
     """
+    check_plan(runs)
     if runner is None:
         from lpft.vision.run import main as runner
     from tqdm.auto import tqdm
@@ -191,7 +271,7 @@ def run_sweep(
             continue
         t0 = time.time()
         try:
-            runner(list(r.argv))
+            runner(r.launch_argv())
         except Exception as e:
             if not keep_going:
                 raise RuntimeError(f"sweep run {r.run_id} failed ({type(e).__name__}: {e}); rerun the same "
@@ -219,7 +299,14 @@ def _parse_list(s: str, typ) -> list:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, list[str]]:
-    """CLI entry point; unknown flags are passed through to every run (``--epochs``, ``--limit``, ...)."""
+    """CLI entry point; unknown flags are passed through to every run (``--epochs``, ``--limit``, ...).
+
+    Returns:
+        Run ids by outcome: inline ``{"done", "skipped", "failed"}``; local / slurm also ``"submitted"``;
+        ``--status``: run ids by state (``done``, ``running``, ``failed``, ``not started``, ...).
+    """
+    from lpft.vision import cluster
+
     ap = argparse.ArgumentParser(prog="python -m lpft.vision.sweep", description=__doc__.split("\n\n")[0],
                                  allow_abbrev=False)
     ap.add_argument("--benchmark", default="digits")
@@ -229,29 +316,48 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[str]]:
     ap.add_argument("--lrs", default="paper", help="'paper' (each method's grid), 'preset', or e.g. 1e-3,1e-4")
     ap.add_argument("--out", default="runs")
     ap.add_argument("--dry-run", action="store_true", help="print the plan (one argv per line) and exit")
-    ap.add_argument("--keep-going", action="store_true", help="continue past failing runs")
+    ap.add_argument("--keep-going", action="store_true", help="inline: continue past failing runs")
+    ap.add_argument("--status", action="store_true",
+                    help="list every planned run as done / running / failed (with its log) / not started; exit")
+    cluster.add_cluster_arguments(ap)
     args, extra = ap.parse_known_args(argv)
     lrs: str | list[float] = args.lrs if args.lrs in ("paper", "preset") else _parse_list(args.lrs, float)
     backbone = args.backbone
-    if backbone is None:
-        from lpft.vision.config import RunConfig, resolve_config
-
-        backbone = resolve_config(RunConfig(method="lp", benchmark=args.benchmark)).backbone
     try:
+        opts = cluster.options_from_args(args)
+        if backbone is None:
+            from lpft.vision.config import RunConfig, resolve_config
+
+            backbone = resolve_config(RunConfig(method="lp", benchmark=args.benchmark)).backbone
         plan = plan_sweep(args.benchmark, backbone, args.methods, args.seeds, args.out, lrs, extra)
     except ValueError as e:
         ap.error(str(e))
+    if args.status:
+        states = cluster.run_states(plan, opts.logs_dir(args.out))
+        print(cluster.format_status(states))
+        out: dict[str, list[str]] = {}
+        for st in states:
+            out.setdefault(st.state, []).append(st.run_id)
+        return out
+    check_plan(plan)  # before printing or submitting anything
     todo = sum(not r.is_complete() for r in plan)
     print(f"[sweep] {len(plan)} runs, {len(plan) - todo} already complete, into {args.out}")
     if args.dry_run:
         for r in plan:
-            print(("(complete) " if r.is_complete() else "") + "python -m lpft.vision.run " + " ".join(r.argv))
+            print(("(complete) " if r.is_complete() else "") + "python -m lpft.vision.run " + " ".join(r.launch_argv()))
         return {"done": [], "skipped": [], "failed": []}
-    status = run_sweep(plan, keep_going=args.keep_going)
-    print(f"[sweep] done {len(status['done'])}, skipped {len(status['skipped'])}, failed {len(status['failed'])}; "
-          f"table: python -m lpft.vision.table --runs {args.out}")
+    if opts.executor == "inline":
+        status = run_sweep(plan, keep_going=args.keep_going)
+    else:
+        status = cluster.submit_sweep(plan, opts)
+    print("[sweep] " + ", ".join(f"{k} {len(v)}" for k, v in status.items())
+          + f"; status: add --status; table: python -m lpft.vision.table --runs {args.out}")
     return status
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, RuntimeError, ImportError) as e:  # RunConfigMismatch is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,4 +1,4 @@
-"""Shared fixtures for the synthetic-theory tests (THEORY.md Sec. 3, fixture F).
+"""Shared fixtures for the synthetic-theory tests (docs/theory.md §3, fixture F).
 
 Every test of a prediction Txx records its worst measured deviation (or slack) next to the tolerance it asserts
 through the ``report`` fixture; the table is printed at the end of the pytest run.
@@ -23,7 +23,7 @@ def make_F(seed: int, theta: float = 0.0, sigma: float = 1.0, *, v_star_norm: fl
            **kwargs) -> SimpleNamespace:
     """Fixture F: d=20, k=3, m=8, n=16, whitened design; head ``v0 = sigma g`` from the separate seed 1000+seed.
 
-    Asserts the non-degeneracy c_S, c_perp >= 0.1 required by THEORY.md Sec. 1; ``min_phi`` re-draws g until
+    Asserts the non-degeneracy c_S, c_perp >= 0.1 required by docs/theory.md §1; ``min_phi`` re-draws g until
     phi >= min_phi (FT-vs-LP claims use 0.3).
     """
     P = make_problem(np.random.default_rng(seed), theta=theta, v_star_norm=v_star_norm, **kwargs)

@@ -1,4 +1,4 @@
-"""T05 (perfect features), T06 (LP error is O(eps)), T09 (exact k=1 FT limit) of THEORY.md Sec. 3."""
+"""T05 (perfect features), T06 (LP error is O(eps)), T09 (exact k=1 FT limit) of docs/theory.md §3."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def test_T06_lp_error_is_order_eps(seed, v_star_norm, make_F, report):
         w_lp = P.B0.T @ S.linear_probe(P.X, P.Y, P.B0)
         err = np.sqrt(S.ood_loss(w_lp, P.w_star))
         bound = S.lp_ood_upper_bound(theta, v_star_norm, F.c_S)
-        assert err <= bound  # [D] bound of THEORY.md 2.4
+        assert err <= bound  # [D] bound of docs/theory.md §2.4
         report("T06", "sqrt(L_I(LP)) / [D] bound", err / bound, 1.0)
         L_id = S.id_loss(w_lp, P.w_star, P.Q_S)
         assert L_id > 0

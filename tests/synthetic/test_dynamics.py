@@ -1,4 +1,4 @@
-"""T01-T04 of THEORY.md Sec. 3 (invariance, conservation, GD drift law, LP closed form), input errors and GD
+"""T01-T04 of docs/theory.md §3 (invariance, conservation, GD drift law, LP closed form), input errors and GD
 divergence detection."""
 
 from __future__ import annotations
@@ -90,8 +90,9 @@ def test_T03_gd_drift_law(seed, gd_runs, report):
         r1 = drift[eta] / drift[eta / 2]
         r2 = werr[eta] / werr[eta / 2]
         ratios[eta] = (r1, r2)
-        # Tolerance change (written reason): THEORY.md asks for [1.8, 2.2]. The ratio is 2 + O(eta) (the next
-        # term of the expansion in eta); for seed 2 (||v0|| = 2.1, so eta = 0.04 is 0.39 of the stable step
+        # Tolerance change (written reason): the original specification asked for [1.8, 2.2] for both pairs
+        # (docs/theory.md §3, T03, records the change). The ratio is 2 + O(eta) (the next term of the expansion
+        # in eta); for seed 2 (||v0|| = 2.1, so eta = 0.04 is 0.39 of the stable step
         # estimate) the pair (0.04, 0.02) measures 2.21. We keep [1.8, 2.2] for the pair (0.02, 0.01) and allow
         # 2.3 for (0.04, 0.02), and assert below that the ratio approaches 2 as eta halves.
         hi = 2.3 if eta == 0.04 else 2.2
@@ -112,9 +113,9 @@ def test_T04_lp_closed_form(seed, make_F, report):
     for sigma in (0.0, 1.0, 3.0):
         F = make_F(seed, theta=0.05, sigma=sigma)
         P = F.P
-        # Horizon change (written reason): THEORY.md says T=100, but for seed 3 the slowest LP rate is
-        # lambda_min(H) = 0.18, so at T=100 the head is still ~4e-8 from its limit (e^{-18} ||v0 - v_inf||);
-        # the trajectory is compared at t <= 10 and the limit is read at T=300.
+        # Horizon change (written reason): the fixture's default horizon is T=100 (docs/theory.md §3), but for
+        # seed 3 the slowest LP rate is lambda_min(H) = 0.18, so at T=100 the head is still ~4e-8 from its limit
+        # (e^{-18} ||v0 - v_inf||); the trajectory is compared at t <= 10 and the limit is read at T=300.
         gf = S.linear_probe_trajectory(P.X, P.Y, P.B0, v0=F.v0, times=times)
         assert np.array_equal(gf.B[-1], P.B0)
         cf = S.lp_trajectory(P.X, P.Y, P.B0, F.v0, times)

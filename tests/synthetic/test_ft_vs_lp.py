@@ -1,5 +1,5 @@
 """T07 (FT fits ID but not OOD), T08 (FT lower bound, Thm 3.1 sub. = Thm 3.2 arXiv, and certificate G),
-T10 (LP vs FT as eps varies, Thm 3.2 sub. = Thm 3.3 arXiv, and its converse) of THEORY.md Sec. 3."""
+T10 (LP vs FT as eps varies, Thm 3.2 sub. = Thm 3.3 arXiv, and its converse) of docs/theory.md §3."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""T11-T15 of THEORY.md Sec. 3: ID trade-off (Prop 3.1 sub.), LP-FT (Prop 3.2 sub.), head scale and feature
+"""T11-T15 of docs/theory.md §3: ID trade-off (Prop 3.1 sub.), LP-FT (Prop 3.2 sub.), head scale and feature
 geometry, WiSE-FT identities and curves. FT / LP-FT endpoints are computed once per module (``ends``)."""
 
 from __future__ import annotations
@@ -205,6 +205,33 @@ def test_T15_wise_curves_eps0_ft(ends, report):
     report("T15", "(i) L_Pperp^OSE - a^2 L_Pperp(theta1)", worst["perp"], 1e-10)
 
 
+def _rounding_allowance(th0, th1, alphas, w_star, Sigma):
+    """First-order floating-point error of ``|fl(L_WSE) - fl(L_OSE)|`` at each alpha (u = unit round-off).
+
+    Why it is needed: at alpha in {0, 1} the docs/theory.md §2.9(c) bound is exactly 0 and the claim reduces to the
+    identity L_WSE = L_OSE, evaluated along two paths (``einsum`` over k vs a BLAS matrix-vector product) whose
+    summation order is machine dependent; they differ by a few ulp of L (measured: <= 2.8e-17 for L ~ 5e-2), so
+    a tolerance of exactly 0 fails on some machines. Derivation (gamma_n = n u / (1 - n u), worst-case summation):
+    the two predictors differ by ||dw|| <= 2 gamma_k m with m = || |B_a|^T |v_a| ||; forming e = w - w* adds
+    <= u ||e|| per path; |L(e + de) - L(e)| <= 2 ||Sigma|| ||e|| ||de||; and each quadratic form (a sum of d^2
+    products) is evaluated to within gamma_{d^2} || |Sigma| || ||e||^2. With ||Sigma|| <= || |Sigma| || the total
+    is at most u || |Sigma| || (4 k ||e|| m + (2 d^2 + 4) ||e||^2) <= 2 (d^2 + 2k + 3) u || |Sigma| || (||e|| + m)^2
+    to first order in u. On fixture F this is 3e-13..1.8e-12, over 1e5 times smaller than the smallest interior
+    bound (1.1e-7), so in effect only the endpoints, where the bound is 0, use it.
+    """
+    d, k = w_star.shape[0], th0[0].shape[0]
+    Sg = np.eye(d) if Sigma is None else Sigma
+    abs_norm = np.linalg.norm(np.abs(Sg), 2)
+    u = np.finfo(np.float64).eps
+    out = []
+    for a in alphas:
+        v, B = S.wise_ft(th0, th1, a)
+        m = np.linalg.norm(np.abs(B).T @ np.abs(v))
+        e = np.linalg.norm(S.ose_predictor(th0, th1, a) - w_star)
+        out.append(2 * (d**2 + 2 * k + 3) * u * abs_norm * (e + m) ** 2)
+    return np.array(out)
+
+
 def test_T15_wise_curves_lpft(ends, report):
     worst_id = worst_gap_rel = worst_bound = 0.0
     agree = interior = total = 0
@@ -218,10 +245,12 @@ def test_T15_wise_curves_lpft(ends, report):
             worst_id = max(worst_id, np.max(np.abs(cur["id_ose"] - (1 - ALPHAS) ** 2 * L_id0)))
             gap = np.abs(cur["ood_wse"] - cur["ood_ose"])
             bound = S.wse_ose_gap_bound(th0, th1, ALPHAS, P.w_star, Sigma)
-            worst_bound = max(worst_bound, np.max(gap - bound))
+            # the bound holds in exact arithmetic; allow only the rounding of evaluating both losses
+            allow = _rounding_allowance(th0, th1, ALPHAS, P.w_star, Sigma)
+            worst_bound = max(worst_bound, np.max(gap - bound - allow))
             scale = max(cur["ood_ose"][0], cur["ood_ose"][-1])
             worst_gap_rel = max(worst_gap_rel, gap.max() / scale)
-        # interior-minimum criterion of 2.9(d) vs a grid search, for several Sigma and both theta1
+        # interior-minimum criterion of docs/theory.md §2.9(d) vs a grid search, for several Sigma and both theta1
         grid = np.linspace(0, 1, 2001)
         for th1_ in (e["LPFT"], ends(seed, 0.1)["FT"]):
             for Sigma in (None, P.P_perp, P.P_S, S.ood_covariance(P.Q_S, P.Q_perp, 0.5, 1.5)):
@@ -235,7 +264,7 @@ def test_T15_wise_curves_lpft(ends, report):
     assert agree == total
     assert 0 < interior < total  # both outcomes occur, so the agreement is informative
     report("T15", "(ii) L_id^OSE - (1-a)^2 L_id(theta0)", worst_id, 1e-10)
-    report("T15", "(ii) |L_WSE - L_OSE| - 2.9(c) bound", worst_bound, 0.0)
+    report("T15", "(ii) |L_WSE - L_OSE| - §2.9(c) bound - round-off", worst_bound, 0.0)
     report("T15", "(ii) |L_WSE - L_OSE| / max(L(theta0), L(theta1))", worst_gap_rel, 1e-3)
     report("T15", "(ii) criterion/grid disagreements", total - agree, 0.0)
     report("T15", f"(ii) interior-minimum cases out of {total} [info]", interior, total, "<")

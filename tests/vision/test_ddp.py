@@ -25,12 +25,13 @@ from lpft.vision.run import main  # noqa: E402
 WORKER = Path(__file__).with_name("ddp_worker.py")
 # 160 training images at global batch 32: 5 optimizer steps per epoch, 10 over the two epochs
 COMMON = ["--limit", "160", "--epochs", "2", "--batch-size", "32", "--quiet", "--lp-num-cs", "6", "--no-distortion"]
-RUNS = {
-    "cnn-ft": ["--backbone", "tiny_cnn", "--method", "ft", "--lr", "0.05"],
-    "cnn-lpft": ["--backbone", "tiny_cnn", "--method", "lpft", "--lr", "0.01"],
-    "clip-ft": ["--backbone", "tiny_clip", "--method", "ft", "--lr", "0.001"],
-    "clip-lpft": ["--backbone", "tiny_clip", "--method", "lpft", "--lr", "0.001"],
-    "cnn-wiseft": ["--backbone", "tiny_cnn", "--method", "wiseft", "--lr", "0.05", "--alphas", "0,0.5,1"],
+RUNS = {  # the tiny backbones' preset learning rates
+    "cnn-ft": ["--backbone", "tiny_cnn", "--method", "ft"],
+    "cnn-lpft": ["--backbone", "tiny_cnn", "--method", "lpft"],
+    "clip-ft": ["--backbone", "tiny_clip", "--method", "ft"],
+    "clip-lpft": ["--backbone", "tiny_clip", "--method", "lpft"],
+    # WiSE-FT protocol: AdamW, warm-up, clipping after the all-reduce, the last epoch as theta_1
+    "clip-wiseft": ["--backbone", "tiny_clip", "--method", "wiseft", "--alphas", "0,0.5,1"],
 }
 
 
@@ -61,7 +62,7 @@ def _losses(recs):
 def ddp_and_single(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     argvs = [[*COMMON, *a, "--out", str(tmp / "ddp"), "--run-id", k] for k, a in RUNS.items()]
-    _torchrun(tmp, argvs)
+    _torchrun(tmp, [*argvs, {"bn_check": str(tmp / "bn")}])
     for k, a in RUNS.items():
         torch.set_num_threads(2)
         main([*COMMON, *a, "--out", str(tmp / "single"), "--run-id", k])
@@ -82,6 +83,21 @@ def test_torchrun_gives_the_single_process_records(ddp_and_single, name):
     loss_d, loss_s = _losses(ddp), _losses(single)
     assert len(loss_d) == len(loss_s) == 2
     assert loss_d == pytest.approx(loss_s, rel=1e-4)  # the loss is reduced over both ranks
+
+
+def test_batchnorm_reestimation_is_the_single_process_one_on_every_rank(ddp_and_single):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ddp_worker", WORKER)
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    worker.bn_check(str(ddp_and_single / "bn_single"))
+    single = torch.load(ddp_and_single / "bn_single.rank0.pt")
+    for r in (0, 1):
+        ranked = torch.load(ddp_and_single / f"bn.rank{r}.pt")
+        assert ranked.keys() == single.keys() and single
+        for k in single:
+            assert torch.allclose(ranked[k], single[k], rtol=1e-6, atol=1e-7), (r, k)
 
 
 def test_torchrun_records_the_global_batch_and_writes_only_atomically(ddp_and_single):

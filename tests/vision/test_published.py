@@ -85,3 +85,30 @@ def test_difference():
     e = lookup("ft", "moco_v2_resnet50", "living17", "ood_test")
     assert difference(80.0, e) == pytest.approx(80.0 - 77.8)
     assert difference(None, e) is None and difference(80.0, None) is None
+
+
+def test_sources_are_the_papers_never_project_notes():
+    for e in published_entries():
+        assert "PROTOCOL" not in e["source"] and "THEORY" not in e["source"] and ".md" not in e["source"]
+        assert e["source"].startswith(("Kumar et al. 2022", "Wortsman et al. 2022"))
+        assert "PROTOCOL" not in e.get("note", "")
+
+
+@pytest.mark.parametrize(
+    "split, lc_half, e2e_half, lc_alpha1",
+    [("id_test", 78.2, 81.7, 79.9), ("imagenet_r", 77.2, 78.7, 70.8), ("imagenet_a", 51.2, 52.2, 46.4),
+     ("ood_avg", 61.0, 63.0, 57.2)],
+)
+def test_b16_linear_classifier_rows_from_table5(split, lc_half, e2e_half, lc_alpha1):
+    lc = lookup("wiseft", "clip_vit_b16", "imagenet", split, alpha=0.5, variant="LC")
+    assert lc["value"] == lc_half and lc["table"].startswith("Table 5") and lc["row"] == "LC, α=0.50"
+    assert lookup("wiseft", "clip_vit_b16", "imagenet", split, alpha=0.5)["value"] == e2e_half  # E2E, Table 8
+    assert lookup("lp", "clip_vit_b16", "imagenet", split)["value"] == lc_alpha1
+    # the B/16 LC optimum is not transcribed: no LC oracle entry (and never the E2E one in its place)
+    assert lookup("wiseft", "clip_vit_b16", "imagenet", split, alpha="oracle", variant="LC") is None
+
+
+def test_lc_entries_are_wiseft_rows_for_both_clip_vits():
+    lc = [e for e in published_entries() if e["variant"] == "LC"]
+    assert {e["backbone"] for e in lc} == {"clip_vit_l14_336", "clip_vit_b16"}
+    assert all(e["method"] == "wiseft" and e["alpha"] in (0.5, "oracle") for e in lc)

@@ -1,21 +1,29 @@
-"""lpft.vision.sweep: the run plan (plain data) and the resuming executor, with a fake runner."""
+"""lpft.vision.sweep: the run plan (plain data), the config check, and the resuming executor (fake runner and
+real digits runs)."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
+from lpft.vision.rundir import RunConfigMismatch
 from lpft.vision.sweep import (
     FT_GRID,
     LPFT_GRID,
     LPFT_GRID_IMAGENET,
+    SweepRun,
+    check_plan,
     main,
     paper_lr_grid,
     plan_sweep,
+    resolve_run_config,
     run_id_for,
     run_sweep,
 )
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _flag(argv, name):
@@ -104,7 +112,7 @@ def test_run_sweep_skips_complete_runs_and_resumes(tmp_path):
     done.run_dir.mkdir(parents=True)
     (done.run_dir / "records.jsonl").write_text("{}\n")
     (plan[2].run_dir).mkdir(parents=True)
-    (plan[2].run_dir / "config.json").write_text("{}")
+    (plan[2].run_dir / "config.json").write_text(json.dumps(dict(plan[2].config)))
     fake = FakeRunner()
     status = run_sweep(plan, runner=fake, progress=False)
     assert status["skipped"] == [done.run_id]
@@ -154,3 +162,85 @@ def test_preset_lrs_come_from_the_runner_presets(tmp_path):
         want = config.resolve_config(config.RunConfig(method=r.method, benchmark="digits", backbone="tiny_cnn")).lr
         assert r.lr == want
     assert [r.lr is None for r in plan] == [True, False, False]
+
+
+def test_run_ids_and_configs_come_from_the_resolved_runner_config(tmp_path):
+    config = pytest.importorskip("lpft.vision.config")
+    plan = plan_sweep("digits", "tiny_clip", ["ft", "wiseft"], [1], str(tmp_path), lrs=[1e-3],
+                      extra_args=["--limit", "40", "--wiseft-finetune", "linear"])
+    # the runner's own default id: WiSE-FT's linear-classifier variant gets its own directory
+    assert plan[1].run_id != run_id_for("digits", "tiny_clip", "wiseft", 1e-3, 1) and "-lc" in plan[1].run_id
+    for r in plan:
+        cfg = resolve_run_config(r.argv)
+        assert cfg.run_id == r.run_id == config.default_run_id(cfg)
+        assert r.config["limit"] == 40 and r.config["lr"] == 1e-3 and r.config["seed"] == 1
+        assert "split_info" not in r.config  # derived by the run itself
+        json.dumps(r.to_dict())
+    with pytest.raises(ValueError, match="--no-such-flag"):
+        plan_sweep("digits", "tiny_cnn", ["ft"], [0], str(tmp_path), lrs=[1e-3], extra_args=["--no-such-flag"])
+    with pytest.raises(ValueError, match="runner flags"):
+        plan_sweep("digits", "tiny_cnn", ["ft"], [0], str(tmp_path), lrs=[1e-3], extra_args=["--epochs", "x"])
+
+
+def test_check_plan_refuses_a_stored_config_that_differs(tmp_path):
+    plan = plan_sweep("digits", "tiny_cnn", ["lp", "ft"], [0], str(tmp_path), lrs=[1e-3], extra_args=["--limit", "40"])
+    for r in plan:  # as the runner stores them, with bookkeeping and derived fields on top
+        r.run_dir.mkdir(parents=True)
+        stored = dict(r.config, split_info={"id_val": {"size": 40}}, environment={"torch": "x"}, out="elsewhere")
+        (r.run_dir / "config.json").write_text(json.dumps(stored))
+    check_plan(plan)  # the same configs: fine
+    other = plan_sweep("digits", "tiny_cnn", ["lp", "ft"], [0], str(tmp_path), lrs=[1e-3],
+                       extra_args=["--limit", "50", "--epochs", "3"])
+    with pytest.raises(RunConfigMismatch) as e:
+        run_sweep(other, runner=FakeRunner(), progress=False)
+    msg = str(e.value)
+    for r in other:
+        assert r.run_id in msg
+    assert "limit: 40 (stored) != 50 (requested)" in msg and "epochs: 2 (stored) != 3 (requested)" in msg
+    assert not any(r.is_complete() for r in other)  # nothing ran
+    # a hand-built SweepRun (no config) is resolved from its argv
+    bare = [SweepRun(r.method, r.benchmark, r.backbone, r.seed, r.lr, r.run_id, r.out, r.argv) for r in other]
+    with pytest.raises(RunConfigMismatch, match="limit"):
+        check_plan(bare)
+
+
+def test_interrupted_runs_are_resumed(tmp_path):
+    plan = plan_sweep("digits", "tiny_cnn", ["ft"], [0, 1], str(tmp_path), lrs=[1e-3])
+    (plan[0].run_dir / "ckpt").mkdir(parents=True)
+    (plan[0].run_dir / "ckpt" / "last.pt").write_bytes(b"x")
+    assert plan[0].is_resumable() and plan[0].launch_argv() == list(plan[0].argv) + ["--resume"]
+    assert not plan[1].is_resumable() and plan[1].launch_argv() == list(plan[1].argv)
+    fake = FakeRunner()
+    run_sweep(plan, runner=fake, progress=False)
+    assert fake.calls == [list(plan[0].argv) + ["--resume"], list(plan[1].argv)]
+    assert not plan[0].is_resumable()  # complete now
+
+
+def _acc_records(run_dir):
+    recs = [json.loads(ln) for ln in (run_dir / "records.jsonl").read_text().splitlines()]
+    return {(r["method"], r["eval_split"], r.get("alpha"), r.get("epoch")): r["value"]
+            for r in recs if r["metric"] == "acc"}
+
+
+SMOKE = ["--benchmark", "digits", "--backbone", "tiny_cnn", "--methods", "lp,ft", "--seeds", "0", "--lrs", "preset",
+         "--quiet", "--no-distortion", "--lp-num-cs", "3"]
+
+
+def test_real_sweep_refuses_another_limit_or_epochs(tmp_path, capsys):
+    out = str(tmp_path / "runs")
+    status = main([*SMOKE, "--out", out, "--limit", "40", "--epochs", "1"])
+    assert len(status["done"]) == 2 and not status["failed"]
+    plan = plan_sweep("digits", "tiny_cnn", ["lp", "ft"], [0], out, "preset", ["--quiet", "--no-distortion",
+                                                                              "--lp-num-cs", "3", "--limit", "40"])
+    before = {r.run_id: (r.records_path.stat().st_mtime_ns, _acc_records(r.run_dir)) for r in plan}
+    assert all(v[1] for v in before.values())
+    with pytest.raises(RunConfigMismatch) as e:
+        main([*SMOKE, "--out", out, "--limit", "60", "--epochs", "1"])
+    assert "limit: 40 (stored) != 60 (requested)" in str(e.value) and all(r.run_id in str(e.value) for r in plan)
+    with pytest.raises(RunConfigMismatch, match="epochs: 1 .stored. != 2 .requested."):
+        main([*SMOKE, "--out", out, "--limit", "40", "--epochs", "2"])
+    with pytest.raises(RunConfigMismatch, match="epochs"):
+        main([*SMOKE, "--out", out, "--limit", "40", "--epochs", "2", "--dry-run"])
+    again = main([*SMOKE, "--out", out, "--limit", "40", "--epochs", "1"])  # the same sweep: all complete
+    assert sorted(again["skipped"]) == sorted(before) and not again["done"]
+    assert {r.run_id: (r.records_path.stat().st_mtime_ns, _acc_records(r.run_dir)) for r in plan} == before

@@ -251,3 +251,134 @@ def test_summary_over_benchmarks(tmp_path):
     assert lp == "| lp | 80.0 | 50.0 | 90.0 | 70.0 | 85.0 | 60.0 |"
     ft = next(ln for ln in lines if ln.startswith("| ft |  |"))
     assert ft.endswith("|  |  |")  # ft has no digits runs: no average over benchmarks
+
+
+# ----------------------------------------------------------------------------------- same-config rule
+def _runs_with_configs(tmp_path, configs):
+    """Two FT seeds at one learning rate; ``configs[seed]`` is written as that run's config.json (None: none)."""
+    recs = []
+    for s in (0, 1):
+        recs += [rec("ft", "id_val", 0.8, s, lr=1e-3), rec("ft", "id_test", 0.8 + 0.01 * s, s, lr=1e-3),
+                 rec("ft", "typeset", 0.5, s, lr=1e-3)]
+    write(tmp_path, recs)
+    for s, cfg in configs.items():
+        if cfg is not None:
+            (tmp_path / f"digits-tiny_cnn-ft-lr0.001-seed{s}" / "config.json").write_text(json.dumps(cfg))
+
+
+def _cfg(seed, **kw):
+    base = dict(method="ft", backbone="tiny_cnn", benchmark="digits", lr=1e-3, epochs=10, limit=None, seed=seed,
+                run_id=f"digits-tiny_cnn-ft-lr0.001-seed{seed}", out="runs", device="cpu",
+                environment={"torch": "2.x", "host": f"h{seed}"}, split_info={"id_train": {"size": 100}})
+    return dict(base, **kw)
+
+
+def test_seeds_of_one_cell_may_differ_only_in_seed_run_id_and_bookkeeping(tmp_path):
+    # a randomly initialised backbone's weights id names its init seed: not a config difference
+    _runs_with_configs(tmp_path, {0: _cfg(0, backbone_weights_id="random:seed0:79270a05"),
+                                  1: _cfg(1, out="elsewhere", device="cuda", backbone_weights_id="random:seed1:c7ca60ad")})
+    (row,) = build_table(tmp_path)
+    assert row.cells["id_test"].agg.n == 2
+    assert not any("same-config" in n for n in row.notes)
+
+
+def test_a_smoke_run_and_a_real_run_in_one_cell_are_refused(tmp_path):
+    from lpft.vision.rundir import RunConfigMismatch
+
+    smoke = _cfg(1, limit=64, epochs=1, split_info={"id_train": {"size": 64}})
+    _runs_with_configs(tmp_path, {0: _cfg(0), 1: smoke})
+    with pytest.raises(RunConfigMismatch) as ei:
+        build_table(tmp_path)
+    msg = str(ei.value)
+    assert "digits-tiny_cnn-ft-lr0.001-seed0" in msg and "digits-tiny_cnn-ft-lr0.001-seed1" in msg
+    assert "limit: None (digits-tiny_cnn-ft-lr0.001-seed0) != 64 (digits-tiny_cnn-ft-lr0.001-seed1)" in msg
+    assert "epochs: 10" in msg and "smoke run" in msg and "seed:" not in msg and "environment" not in msg
+    assert "split_info.id_train.size: 100 (" in msg  # nested fields by their dotted key, not whole dicts
+    # the plots pool the same cells, so they refuse the same runs
+    from lpft.vision.plot import plot_runs
+
+    with pytest.raises(RunConfigMismatch):
+        plot_runs(tmp_path, tmp_path / "fig")
+    # a real difference in the weights (not a seed-named random init) is refused too
+    _runs_with_configs(tmp_path / "w", {0: _cfg(0, backbone_weights_id="sha256:aaaa"),
+                                        1: _cfg(1, backbone_weights_id="sha256:bbbb")})
+    with pytest.raises(RunConfigMismatch, match="backbone_weights_id"):
+        build_table(tmp_path / "w")
+
+
+def test_cells_with_only_some_configs_are_refused_and_without_any_are_noted(tmp_path):
+    from lpft.vision.rundir import RunConfigMismatch
+
+    _runs_with_configs(tmp_path / "a", {0: _cfg(0), 1: None})
+    with pytest.raises(RunConfigMismatch, match="no config.json"):
+        build_table(tmp_path / "a")
+    _runs_with_configs(tmp_path / "b", {0: None, 1: None})
+    rows = build_table(tmp_path / "b")
+    assert any("same-config check not possible" in n and "2 run(s)" in n for n in rows[0].notes)
+    assert "same-config check not possible" in format_table(rows, "markdown")
+
+
+# ------------------------------------------------------------------------------------------ variants
+def test_old_records_read_as_heldout_and_the_selection_set_is_stated(tmp_path):
+    write(tmp_path, [rec("lp", "id_test", 0.8, 0), rec("lp", "typeset", 0.5, 0),
+                     rec("ft", "id_test", 0.9, 0, lr=1e-3, selection="heldout"),
+                     rec("ft", "typeset", 0.6, 0, lr=1e-3, selection="heldout")])
+    rows = build_table(tmp_path)
+    assert {r.selection for r in rows} == {"heldout"} and [r.label for r in rows] == ["lp", "ft"]
+    md = format_table(rows, "markdown")
+    assert "split held out from the ID training set (selection=heldout)" in md and "MIX" not in md
+    assert {r["selection"] for r in csv_rows(rows)} == {"heldout"}
+
+
+def test_mixed_selection_sets_are_separate_rows_and_flagged(tmp_path):
+    write(tmp_path, [rec("ft", "id_test", 0.9, 0, lr=1e-3, selection="paper"),
+                     rec("ft", "typeset", 0.6, 0, lr=1e-3, selection="paper"),
+                     dict(rec("ft", "id_test", 0.8, 0, lr=1e-3), run_id="other"),
+                     dict(rec("ft", "typeset", 0.5, 0, lr=1e-3), run_id="other")])
+    rows = build_table(tmp_path)
+    assert sorted(r.label for r in rows) == ["ft [sel. heldout]", "ft [sel. paper]"]
+    assert float(cell(rows, "ft [sel. paper]", "id_test")["mean_pct"]) == pytest.approx(90.0)
+    md = format_table(rows, "markdown")
+    assert "MIX selection sets" in md and "| method | lr | sel. |" in md
+
+
+def test_linear_head_wiseft_is_compared_with_the_lc_rows_only(tmp_path):
+    recs = []
+    for wft, rid in (("linear", "lin"), ("end_to_end", "e2e"), (None, "old")):
+        extra = {} if wft is None else {"wiseft_finetune": wft}
+        for a in (0.0, 0.5, 1.0):
+            recs += [dict(rec("wiseft", sp, 0.8, 0, lr=3e-5, alpha=a, bench="imagenet", bb="clip_vit_l14_336",
+                              **extra), run_id=rid) for sp in ("id_val", "id_test")]
+    write(tmp_path / "l14", [r for r in recs if r["run_id"] != "old"])
+    rows = build_table(tmp_path / "l14")
+    lin = [r for r in rows if r.wiseft_finetune == "linear" and r.alpha == 0.5]
+    e2e = [r for r in rows if r.wiseft_finetune == "end_to_end" and r.alpha == 0.5]
+    assert lin[0].label == "wiseft (linear head) α=0.5" and e2e[0].label == "wiseft α=0.5"
+    assert lin[0].cells["id_test"].published["value"] == 83.7  # WiSE-FT LC, alpha=0.5 (Table 1)
+    assert lin[0].cells["id_test"].published["variant"] == "LC"
+    assert e2e[0].cells["id_test"].published["value"] == 86.8  # WiSE-FT E2E, alpha=0.5
+    oracle = [r for r in rows if r.wiseft_finetune == "linear" and r.alpha == "oracle"][0]
+    assert oracle.cells["id_test"].published["value"] == 85.3
+    assert "linear-classifier (LC)" in format_table(rows, "markdown")
+    # an old record (no wiseft_finetune) reads as end-to-end
+    write(tmp_path / "old", [r for r in recs if r["run_id"] == "old"])
+    (old_half,) = [r for r in build_table(tmp_path / "old") if r.alpha == 0.5]
+    assert old_half.wiseft_finetune == "end_to_end" and old_half.cells["id_test"].published["value"] == 86.8
+
+
+def test_linear_head_wiseft_on_b16_uses_table5_lc_and_has_no_lc_oracle(tmp_path):
+    recs = [rec("wiseft", "id_test", 0.78, 0, lr=None, alpha=a, bench="imagenet", bb="clip_vit_b16",
+                wiseft_finetune="linear") for a in (0.0, 0.5, 1.0)]
+    write(tmp_path, recs)
+    rows = build_table(tmp_path)
+    half = next(r for r in rows if r.alpha == 0.5)
+    assert half.cells["id_test"].published["value"] == 78.2 and "Table 5" in half.cells["id_test"].published["table"]
+    oracle = next(r for r in rows if r.alpha == "oracle")
+    assert oracle.cells["id_test"].published is None  # never the end-to-end 82.6
+
+
+@pytest.mark.parametrize("field, value", [("selection", "test"), ("wiseft_finetune", "head")])
+def test_unknown_variant_values_are_errors(tmp_path, field, value):
+    write(tmp_path, [rec("wiseft", "id_test", 0.8, 0, lr=1e-3, alpha=0.5, **{field: value})])
+    with pytest.raises(RecordsError, match=f"{field} must be one of"):
+        build_table(tmp_path)

@@ -1,0 +1,89 @@
+"""The same-config rule of :mod:`lpft.vision.table`: the seeds pooled into one table cell must be one experiment.
+
+Runs pooled into one cell (same benchmark, backbone, method, learning rate, selection set and WiSE-FT variant;
+different seeds) must hold the same ``config.json`` apart from ``seed``, ``run_id`` and the bookkeeping fields of
+:mod:`lpft.vision.rundir` (where the run wrote, on which device, ...). Otherwise a smoke run (``--limit 64``) and a
+real run would be averaged into one number without any warning.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lpft.vision.rundir import BOOKKEEPING_FIELDS, RunConfigMismatch, config_diff, read_config
+
+__all__ = ["CELL_IGNORE", "check_cell"]
+
+#: config fields that may differ between the seeds pooled into one cell
+CELL_IGNORE = frozenset({"seed", "run_id"}) | BOOKKEEPING_FIELDS
+
+
+def _seedless(cfg: dict[str, Any]) -> dict[str, Any]:
+    # a randomly initialised backbone (tiny_cnn, ...) names its init seed in its weights id, which legitimately
+    # differs between the seeds of one cell
+    wid = cfg.get("backbone_weights_id")
+    return dict(cfg, backbone_weights_id="random") if isinstance(wid, str) and wid.startswith("random:") else cfg
+
+
+def _leaves(diff: dict[str, tuple[Any, Any]], prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """Differing dict-valued fields as dotted leaf keys (``split_info.id_test.limit``), not whole dicts."""
+    out: dict[str, tuple[Any, Any]] = {}
+    for k, (a, b) in diff.items():
+        if isinstance(a, dict) and isinstance(b, dict):
+            sub = config_diff(a, b, ignore=frozenset())
+            out.update(_leaves(sub, f"{prefix}{k}.") if sub else {f"{prefix}{k}": (a, b)})
+        else:
+            out[f"{prefix}{k}"] = (a, b)
+    return out
+
+
+def _short(v: Any, n: int = 80) -> str:
+    r = repr(v)
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
+def check_cell(name: str, dirs: list[str]) -> list[str]:
+    """Enforce the same-config rule on one cell: the run directories ``dirs`` pooled into the cell ``name``.
+
+    Each run's ``config.json`` is compared with the first run's through :func:`lpft.vision.rundir.config_diff`,
+    ignoring :data:`CELL_IGNORE`; a randomly initialised backbone's weights id (which names its init seed) counts
+    as equal. A cell of one run has nothing to compare.
+
+    Returns:
+        Footnotes for the table: when every run lacks ``config.json`` (hand-made records), one note saying the
+        check was not possible; otherwise none.
+
+    Raises:
+        RunConfigMismatch: the configs differ (the message names both runs and every differing field, nested
+            fields as dotted keys), or only some runs of the cell have a ``config.json``.
+    """
+    if len(dirs) < 2:
+        return []  # one run: nothing to compare
+    configs = {d: read_config(d) for d in dirs}
+    missing = [d for d, c in configs.items() if c is None]
+    if missing and len(missing) == len(dirs):
+        shown = ", ".join(Path(d).name for d in missing[:3]) + (" ..." if len(missing) > 3 else "")
+        return [f"same-config check not possible for {name}: {len(missing)} run(s) without config.json "
+                f"({shown})"]
+    if missing:
+        raise RunConfigMismatch(
+            f"the runs pooled into one cell ({name}) cannot be checked for the same config: "
+            f"{', '.join(missing)} {'has' if len(missing) == 1 else 'have'} no config.json while "
+            f"{', '.join(d for d in dirs if d not in missing)} do. Move the runs without a config out of --runs."
+        )
+    ref = dirs[0]
+    problems = []
+    for d in dirs[1:]:
+        diff = config_diff(_seedless(configs[ref]), _seedless(configs[d]), ignore=CELL_IGNORE)
+        if diff:
+            lines = "\n".join(f"    {k}: {_short(a)} ({Path(ref).name}) != {_short(b)} ({Path(d).name})"
+                              for k, (a, b) in _leaves(diff).items())
+            problems.append(f"  {ref} vs {d}:\n{lines}")
+    if problems:
+        raise RunConfigMismatch(
+            f"the runs pooled into one cell ({name}) hold different configs; only seed, run_id and bookkeeping "
+            f"fields may differ between seeds:\n" + "\n".join(problems) +
+            "\nA smoke run and a real run cannot share a table: move one of them out of --runs."
+        )
+    return []
