@@ -46,7 +46,7 @@ CELLS = [
     new_markdown_cell(
         "## Figures\n\n"
         "ID vs OOD accuracy with the WiSE-FT curve, the same on logit axes with the baseline fit "
-        "(effective robustness), accuracy vs α, and feature distortion of FT vs LP-FT."
+        "(residuals from a logit-linear fit through the runs; effective robustness needs an independent baseline: `plot_runs(..., baseline=CSV)`), accuracy vs α, and feature distortion of FT vs LP-FT."
     ),
     new_code_cell(
         "paths = plot_runs(RUNS, FIGURES)\n"

@@ -345,6 +345,9 @@ def _validate(cfg: RunConfig) -> None:
         raise ValueError(f"--fmow-val applies to the fmow benchmark only, not {cfg.benchmark!r}")
     if cfg.feature_norm is not None and not is_clip_name(cfg.backbone):
         raise ValueError(f"feature_norm is a CLIP option; backbone {cfg.backbone!r} is not a CLIP model")
+    if cfg.method == "zeroshot" and not is_clip_name(cfg.backbone):
+        raise ValueError(f"zero-shot classification needs a CLIP backbone (image + text towers); {cfg.backbone!r} "
+                         f"is not one (CLIP backbones: clip_vit_b16, clip_vit_b32, clip_vit_l14, clip_rn50, tiny_clip)")
     if cfg.wiseft_finetune == "linear" and cfg.method == "wiseft" and not is_clip_name(cfg.backbone):
         raise ValueError("--wiseft-finetune linear needs a CLIP backbone (theta_0 = zero-shot head); for "
                          f"{cfg.backbone!r} theta_0 is already the linear probe")

@@ -46,9 +46,16 @@ class RunContext:
         return make_record(
             run_id=cfg.run_id, method=cfg.method, backbone=cfg.backbone, benchmark=cfg.benchmark,
             eval_split=split, shift=self.bench.splits[split], metric=metric, value=value, seed=cfg.seed,
-            lr=extra.pop("lr", cfg.lr), epoch=extra.pop("epoch", None), selection=cfg.selection,
+            lr=extra.pop("lr", cfg.lr), epoch=extra.pop("epoch", None), selection=self.selection_used,
             precision=cfg.precision, **extra,
         )
+
+    @property
+    def selection_used(self) -> str:
+        """The selection set the data layer actually used (``paper`` falls back to ``heldout`` for benchmarks
+        without an official one, e.g. digits)."""
+        info = getattr(self.eval_sets.get("id_val"), "split_info", None) or {}
+        return info.get("selection", self.cfg.selection)
 
     def settings(self) -> engine.TrainSettings:
         c = self.cfg

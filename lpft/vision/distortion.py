@@ -1,7 +1,7 @@
 """Feature distortion: how far fine-tuning moved the penultimate features (Kumar et al. 2022, Sec. 4.3).
 
 LP-FT's claim: fine-tuning changes the features of ID examples more than those of OOD examples, and
-LP-FT changes both far less than FT. The official analysis (PROTOCOL-LPFT 6) extracts penultimate
+LP-FT changes both far less than FT. The official analysis (Kumar et al. 2022, Sec. 4.3; docs/protocols.md) extracts penultimate
 features with the pretrained and the fine-tuned backbone, both in eval mode, on the same images with
 test transforms, and reports ``mean((f_ft - f_pre) ** 2)`` averaged over examples *and* dimensions; the
 same notebook also computes per-example cosine similarity. Both are measured here, plus the mean

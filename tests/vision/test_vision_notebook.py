@@ -51,7 +51,7 @@ def test_notebook_regenerates_table_and_figures(small_runs, tmp_path, monkeypatc
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
                             ).execute()
-    expected = [f"digits-tiny_cnn-{k}.{ext}" for k in ("id_vs_ood", "effective_robustness", "acc_vs_alpha",
+    expected = [f"digits-tiny_cnn-{k}.{ext}" for k in ("id_vs_ood", "logit_residual", "acc_vs_alpha",
                                                         "feature_distortion") for ext in ("png", "pdf")]
     for name in expected + ["table.md", "table.tex", "table.csv"]:
         p = figures / name
