@@ -183,7 +183,7 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, s: TrainSettin
         if s.select_epoch == "best" and best_epoch == start_epoch:
             best_state = _cpu_state(model)
         elif s.select_epoch == "best" and best_epoch > 0:
-            best_state = load_checkpoint(best_path, fallback=False)["model"]
+            best_state = _load_best(best_path, best_epoch)
         if progress and rank == 0:
             tqdm.write(f"resuming from {last_path} after epoch {start_epoch}")
 
@@ -257,8 +257,25 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, s: TrainSettin
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, row)
     if best_state is None:  # resumed after the last epoch
-        best_state = _cpu_state(model) if s.select_epoch == "last" else load_checkpoint(best_path)["model"]
+        best_state = _cpu_state(model) if s.select_epoch == "last" else _load_best(best_path, best_epoch)
     return TrainResult(best_state=best_state, best_epoch=best_epoch, best_val_acc=best_val, history=history)
+
+
+def _load_best(best_path: Path, best_epoch: int) -> dict[str, torch.Tensor]:
+    """The best epoch's state: ``best.pt``, or its previous version when a crash left ``best.pt`` one epoch
+    ahead of the ``last.pt`` the run resumes from."""
+    from lpft.vision.rundir import CorruptCheckpointError
+
+    for path in (best_path, prev_checkpoint_path(best_path)):
+        if path.exists():
+            try:
+                ck = load_checkpoint(path, fallback=False)
+            except CorruptCheckpointError:
+                continue
+            if int(ck["epoch"]) == best_epoch:
+                return ck["model"]
+    raise CorruptCheckpointError(f"no checkpoint of the best epoch {best_epoch} in {best_path} or its previous "
+                                 f"version; remove {best_path.parent} to restart the run")
 
 
 def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int, lr: float, ckpt_dir: Path) -> None:

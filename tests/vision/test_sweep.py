@@ -75,9 +75,11 @@ def test_grids_per_benchmark_and_backbone():
 
 
 def test_explicit_lrs_and_bad_input(tmp_path):
-    plan = plan_sweep("digits", "tiny_cnn", ["ft", "zeroshot"], [0, 1], str(tmp_path), lrs=[1e-3, 1e-4])
+    plan = plan_sweep("digits", "tiny_clip", ["ft", "zeroshot"], [0, 1], str(tmp_path), lrs=[1e-3, 1e-4])
     assert [(r.method, r.lr, r.seed) for r in plan] == [
         ("ft", 1e-3, 0), ("ft", 1e-3, 1), ("ft", 1e-4, 0), ("ft", 1e-4, 1), ("zeroshot", None, 0), ("zeroshot", None, 1)]
+    with pytest.raises(ValueError, match="needs a CLIP backbone"):  # refused when planned, not when run
+        plan_sweep("digits", "tiny_cnn", ["zeroshot"], [0], str(tmp_path))
     with pytest.raises(ValueError, match="unknown method"):
         plan_sweep("digits", "tiny_cnn", ["sgd"], [0], str(tmp_path))
     with pytest.raises(ValueError, match="set by the sweep"):
