@@ -86,7 +86,7 @@ def measure_distortion(
     n = dim = 0
     try:
         with _eval_mode(backbone0, backbone1):
-            from tqdm.auto import tqdm
+            from lpft.vision.progress import tqdm
 
             for batch in tqdm(loader, desc="feature distortion", disable=not progress, leave=False):
                 x = batch[0] if isinstance(batch, (list, tuple)) else batch

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
+from lpft.vision.progress import tqdm
 
 from lpft.vision import distributed as D
 from lpft.vision.features import extract_features

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
+from lpft.vision.progress import tqdm
 
 from lpft.vision.data.loader import make_loader
 from lpft.vision.distributed import (autocast, broadcast_flag_all, gather_in_order, rank_world, resolve_device,

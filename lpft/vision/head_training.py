@@ -56,7 +56,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from lpft.vision.progress import tqdm
 
 from lpft.vision.engine import TrainingDiverged, learning_rate, make_optimizer
 from lpft.vision.features import resolve_device

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
+from lpft.vision.progress import tqdm
 
 from lpft.vision.distributed import autocast, to_device
 

@@ -45,7 +45,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from lpft.vision.progress import tqdm
 
 from lpft.vision.features import resolve_device
 

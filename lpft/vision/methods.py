@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
+from lpft.vision.progress import tqdm
 
 from lpft.vision import distributed as D
 from lpft.vision import engine
@@ -103,6 +103,9 @@ def run_wiseft(ctx: RunContext) -> list[dict]:
         res = fit_linear_probe(ctx)
         w0, b0 = res.weight, res.bias
         ctx.notes["theta0"] = "lp"
+    # theta_0's head (the backbone's is the pretrained one): enough to rebuild theta_0 (lpft.vision.export)
+    ctx.save_torch("theta0_head.pt", {"weight": w0.detach().cpu(), "bias": b0.detach().cpu(),
+                                      "source": ctx.notes["theta0"]})
     model0 = new_classifier(ctx, w0, b0)
     theta0 = {k: v.detach().cpu().clone() for k, v in model0.state_dict().items()}
     if cfg.wiseft_finetune == "linear":

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from lpft.vision.progress import tqdm
 
 __all__ = ["SIMPLE_TEMPLATES", "imagenet_templates", "prompts_for", "zeroshot_head"]
 

@@ -19,7 +19,7 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from tqdm import tqdm
+from lpft.vision.progress import tqdm
 
 from lpft.vision.io import write_text_atomic
 

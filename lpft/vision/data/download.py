@@ -23,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
+from lpft.vision.progress import tqdm
 
 from lpft.vision.data.archives import UnsafeArchiveError, extract  # noqa: F401  (re-exported)
 from lpft.vision.data.folders import load_facts
