@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 METHODS = ("lp", "ft", "lpft", "wiseft", "zeroshot")
@@ -354,7 +355,12 @@ def _validate(cfg: RunConfig) -> None:
 
 
 def default_run_id(cfg: RunConfig) -> str:
-    """``{benchmark}-{backbone}-{method}[-lc]-lr{lr}-seed{seed}`` (``-lc``: WiSE-FT's linear-classifier variant)."""
+    """``{benchmark}-{backbone}-{method}[-lc]-lr{lr}-seed{seed}`` (``-lc``: WiSE-FT's linear-classifier variant;
+    the ``folder`` benchmark is named ``folder_<dataset folder name>``)."""
     lr = "na" if cfg.lr is None else f"{cfg.lr:g}"
     variant = "-lc" if cfg.method == "wiseft" and cfg.wiseft_finetune == "linear" else ""
-    return f"{cfg.benchmark}-{cfg.backbone}-{cfg.method}{variant}-lr{lr}-seed{cfg.seed}"
+    bench = cfg.benchmark
+    if bench == "folder" and cfg.data_root:  # the user's dataset is named by its folder
+        name = "".join(c if c.isalnum() or c in "._" else "_" for c in Path(cfg.data_root).resolve().name)
+        bench = f"folder_{name}"
+    return f"{bench}-{cfg.backbone}-{cfg.method}{variant}-lr{lr}-seed{cfg.seed}"

@@ -187,7 +187,8 @@ def zeroshot_weights(ctx: RunContext):
         )
     t = ctx.cfg.templates
     templates = imagenet_templates() if t == "imagenet" else SIMPLE_TEMPLATES if t == "simple" else ctx.bench.templates
-    return zeroshot_head(ctx.backbone, list(ctx.bench.classnames), list(templates), device=ctx.device)
+    return zeroshot_head(ctx.backbone, list(ctx.bench.classnames), list(templates), device=ctx.device,
+                         progress=ctx.progress)
 
 
 def finetune(ctx: RunContext, model: nn.Module, subdir: str = "ckpt") -> nn.Module:

@@ -152,19 +152,25 @@ def environment_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def _requested(cfg: RunConfig) -> dict[str, Any]:
-    """The config as compared with a run directory's ``config.json`` (derived fields left out)."""
+def _requested(cfg: RunConfig, bench=None) -> dict[str, Any]:
+    """The config as compared with a run directory's ``config.json`` (derived fields left out).
+
+    ``data_root`` is bookkeeping (the same data may live elsewhere), except for benchmarks defined by their
+    root (``folder``): there the resolved root names the dataset and is compared.
+    """
     d = cfg.to_dict()
     d.pop("split_info", None)
+    if bench is not None and getattr(bench, "root_defined", False) and cfg.data_root:
+        d["dataset_root"] = str(Path(cfg.data_root).resolve())
     return d
 
 
-def _prepare_run_dir(cfg: RunConfig, run_dir: Path) -> bool:
+def _prepare_run_dir(cfg: RunConfig, run_dir: Path, bench=None) -> bool:
     """Refuse a directory holding another config or an unrequested interrupted run; True if already complete."""
     from lpft.vision.engine import ResumeError
     from lpft.vision.rundir import check_same_config, prev_checkpoint_path
 
-    check_same_config(run_dir, _requested(cfg))
+    check_same_config(run_dir, _requested(cfg, bench))
     if (run_dir / "records.jsonl").exists():
         return True
     last = run_dir / "ckpt" / "last.pt"
@@ -192,7 +198,7 @@ def run(cfg: RunConfig, *, progress: bool = True) -> Path:
     from lpft.vision.rundir import RunLock
 
     METHODS.get(cfg.method)  # unknown method -> lists the valid ones
-    bench = get_benchmark(cfg.benchmark)
+    bench = get_benchmark(cfg.benchmark).for_root(cfg.data_root)  # folder: splits and classes from the root
     provenance: dict[str, str] = {}
     cfg = resolve_config(cfg, provenance)
     if cfg.backbone not in list_backbones():
@@ -202,7 +208,7 @@ def run(cfg: RunConfig, *, progress: bool = True) -> Path:
     per_rank = D.per_rank_batch(cfg.batch_size, world, cfg.grad_accum) if cfg.batch_size else None
     cfg.run_id = cfg.run_id or default_run_id(cfg)
     run_dir = Path(cfg.out) / cfg.run_id
-    if _prepare_run_dir(cfg, run_dir):
+    if _prepare_run_dir(cfg, run_dir, bench):
         if D.is_main():
             print(f"{run_dir} is complete (records.jsonl exists, same config); nothing to do. Remove it to rerun.")
         return run_dir
@@ -249,7 +255,7 @@ def _execute(cfg, provenance, bench, device, run_dir, per_rank, progress) -> Pat
     eval_sets = {s: split(s, eval_tf) for s in bench.eval_splits}
     cfg.split_info = {s: dict(getattr(d, "split_info", {}), size=len(d))
                       for s, d in {"id_train": train_set, **eval_sets}.items()}
-    resolved = cfg.to_dict()
+    resolved = {**cfg.to_dict(), **{k: v for k, v in _requested(cfg, bench).items() if k == "dataset_root"}}
     resolved["backbone_weights_id"] = backbone.weights_id
     resolved["transforms_resolved"] = tf_info
     resolved["environment"] = environment_info(device)
@@ -308,6 +314,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:  # OSError: missing files, corrupt images
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

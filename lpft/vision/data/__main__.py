@@ -5,7 +5,8 @@
 * ``check --root DIR [--benchmark NAME ...] [--selection heldout|paper] [--fmow-val id|ood] [--verify-images]``:
   per benchmark and split, found / missing / incomplete with image counts against the official ones (and,
   decoding every image, corrupt files), with id_train / id_val as the chosen selection set makes them.
-  Exit status 0 when every checked split is found, else 1.
+  Exit status 0 when every checked split is found, else 1. ``--benchmark folder`` checks the user's own
+  dataset under DIR (its splits, image and class counts, classes missing from each split).
 * ``list``: benchmarks with their splits, and downloadable datasets.
 """
 
@@ -45,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "list":
         for n in list_benchmarks():
             b = get_benchmark(n)
+            if b.root_defined:
+                print(f"{n}: classes and OOD splits read from --data-root; splits "
+                      + ", ".join(f"{s} ({sh})" for s, sh in b.splits.items()) + ", <ood_name> (ood) ...")
+                print("  layout under --data-root:\n" + "\n".join("  " + line for line in b.layout.splitlines()))
+                continue
             print(f"{n}: {b.num_classes} classes; splits " + ", ".join(f"{s} ({sh})" for s, sh in b.splits.items()))
             print(f"  paper selection set: {b.paper_selection or 'none (paper uses the held-out id_val)'}")
             for opt, values in b.options.items():

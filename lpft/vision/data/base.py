@@ -12,7 +12,9 @@ split from a data root. Loading returns a :class:`LabeledDataset`: a torch ``Dat
   compared with the labels (mask, or ObjectNet's max-pool over ImageNet classes); identity by default.
 
 The runner uses only this contract, so a benchmark added by a user (``register_benchmark``) runs with
-every method.
+every method. A benchmark whose splits and classes depend on the data (``folder``: the user's own folders)
+declares only its ID splits at registration and overrides :meth:`Benchmark.for_root`, which returns it bound
+to a data root; the runner and :func:`load_split` always go through ``for_root`` (the identity for the others).
 
 Selection set (``selection``): which data ``id_train`` and ``id_val`` hold.
 
@@ -123,6 +125,9 @@ class Benchmark:
     paper_selection: str | None = None
     #: options the benchmark accepts: name -> allowed values, the first being the default
     options: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: True when the splits and classes are read from the data root (:meth:`for_root` binds them, e.g.
+    #: ``folder``); ``check`` looks at such a benchmark only when it is named
+    root_defined: bool = False
 
     def __post_init__(self):
         for s in ID_SPLITS:
@@ -138,6 +143,19 @@ class Benchmark:
         for opt, values in self.options.items():
             if not values or not all(isinstance(v, str) for v in values):
                 raise ValueError(f"benchmark {self.name}: option {opt!r} needs a non-empty tuple of string values")
+
+    def for_root(self, root: str | os.PathLike | None) -> "Benchmark":
+        """The benchmark as it is under data root ``root``: its splits, classes and shifts.
+
+        A benchmark declared at registration returns itself. One whose splits and classes depend on the data
+        (:attr:`root_defined`, e.g. ``folder``) returns a bound copy; the runner calls this before reading
+        :attr:`splits` / :attr:`eval_splits` / :attr:`classnames`, and :func:`load_split` loads through it.
+
+        Raises:
+            DatasetNotFoundError: (root-defined benchmarks) the root or the files that define the benchmark
+                are missing.
+        """
+        return self
 
     @property
     def num_classes(self) -> int:
@@ -292,7 +310,7 @@ def load_split(
     Args:
         name: a registered benchmark (:func:`list_benchmarks`).
         root: the data root.
-        split: one of the benchmark's splits.
+        split: one of the benchmark's splits (for a root-defined benchmark: of ``bench.for_root(root)``).
         transform: applied to each PIL image.
         selection: ``"heldout"`` (default: a seeded part of train held out as ``id_val``) or ``"paper"``
             (full train, the official selection set as ``id_val``); see the module docstring.
@@ -305,7 +323,8 @@ def load_split(
         missing dataset raises :class:`DatasetNotFoundError` naming the expected layout.
     """
     bench = get_benchmark(name)
-    bench.check_split(split)
+    if not bench.root_defined:  # a root-defined benchmark knows its splits once bound to the root (below)
+        bench.check_split(split)
     check_selection(selection)
     bench.resolve_options(options)
     if bench.needs_root:
@@ -313,4 +332,6 @@ def load_split(
             raise bench.missing("a --data-root", "none was given")
         if not Path(root).is_dir():
             raise bench.missing(f"data root {root} to be a directory", "it does not exist")
+    bench = bench.for_root(root)
+    bench.check_split(split)
     return bench.load(root, split, transform, selection=selection, options=options)

@@ -1,5 +1,8 @@
 """``python -m lpft.vision.data check --root DIR``: what is present, per benchmark and split.
 
+A root-defined benchmark (``folder``) is checked only when named (``--benchmark folder``): its splits are the
+ones found under the root, and each row also says how many classes the split holds and which are missing.
+
 Each split is opened exactly as a run would open it (no image is decoded) and its image count is compared
 with the official one: ``found`` (count reached, or no official count), ``incomplete`` (files or class
 folders missing, or fewer images than official), ``missing`` (not there at all), ``error`` (present but
@@ -77,7 +80,9 @@ def check_root(
 
     check_selection(selection)
     out: list[SplitStatus] = []
-    names = list(names) if names is not None else [n for n in list_benchmarks() if get_benchmark(n).needs_root]
+    # a root-defined benchmark (folder) is a layout of the user's own data, not a dataset to look for
+    names = list(names) if names is not None else [
+        n for n in list_benchmarks() if get_benchmark(n).needs_root and not get_benchmark(n).root_defined]
     benches = [get_benchmark(n) for n in names]
     options = dict(options or {})
     unused = set(options) - {k for b in benches for k in b.options}
@@ -90,6 +95,14 @@ def check_root(
             name = bench.name
             opts = bench.resolve_options({k: v for k, v in options.items() if k in bench.options})
             counts = official_counts(name, selection)
+            try:
+                bench = bench.for_root(root)
+            except DatasetNotFoundError as e:  # what defines the benchmark's splits is missing
+                out.append(SplitStatus(name, "id_train", "missing", None, None, _first_line(e)))
+                continue
+            except ValueError as e:
+                out.append(SplitStatus(name, "id_train", "error", None, None, _first_line(e)))
+                continue
             for split in bench.splits:
                 exp = counts.get(split)
                 try:
@@ -107,11 +120,26 @@ def check_root(
                 else:
                     status = "found" if exp is None or n >= exp else "incomplete"
                     detail = "" if exp is None or n == exp else f"{n - exp:+,} images vs official"
+                    detail = "; ".join(x for x in (_classes_detail(ds, bench), detail) if x)
                     if bad:
                         status = "corrupt"
                         detail = f"{len(bad)} undecodable image(s), e.g. {bad[0]}" + (f"; {detail}" if detail else "")
                     out.append(SplitStatus(name, split, status, n, exp, detail))
     return out
+
+
+def _classes_detail(ds, bench) -> str:
+    """Classes of a split that records them (``folder``): ``"4 classes"``, or which are missing."""
+    info = getattr(ds, "split_info", {})
+    if "num_classes" not in info:
+        return ""
+    missing = info.get("missing_classes") or []
+    text = f"{info['num_classes']} of {bench.num_classes} classes" if missing else f"{info['num_classes']} classes"
+    if missing:
+        text += f", missing: {', '.join(missing[:8])}{', ...' if len(missing) > 8 else ''}"
+        if getattr(ds, "class_mask", None) is not None:
+            text += " (masked)"
+    return text
 
 
 def format_report(rows: list[SplitStatus]) -> str:

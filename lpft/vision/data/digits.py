@@ -27,15 +27,17 @@ et al. (2022) "Robust fine-tuning of zero-shot models"; it is not one of their b
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image
 
 from lpft.vision.data.base import Benchmark, LabeledDataset, register_benchmark
+from lpft.vision.data.digits_render import (  # noqa: F401  (re-exported: the rendering helpers' old home)
+    RENDER_HEIGHT, ROTATION_DEG, THICKEN_RANGE, TYPESET_SEED, WIDTH_CAP, block_count, font_dir, optdigits_bitmap,
+    render_glyph, typeset_variants, values_to_image,
+)
 
 __all__ = [
     "CLASSNAMES",
@@ -55,6 +57,8 @@ __all__ = [
     "optdigits_bitmap",
     "block_count",
     "values_to_image",
+    "typeset_variants",
+    "render_typeset",
 ]
 
 CLASSNAMES = [str(k) for k in range(10)]
@@ -96,22 +100,8 @@ FONT_FILES = (
     "cmtt10.ttf",
     "cmti10.ttf",
 )
-#: base seed of the typeset variants; each (font, digit) pair draws from its own stream
-TYPESET_SEED = 0
 #: variants (rotation, thickening) rendered per font and digit
 TYPESET_VARIANTS = 10
-#: rotations are drawn uniformly from [-ROTATION_DEG, ROTATION_DEG]
-ROTATION_DEG = 10.0
-#: stroke thickening: disk-dilation radius drawn uniformly from this range, as a fraction of the
-#: glyph height (0.035 of a 32-pixel-high digit is 1.1 pixels). Chosen so that the typeset ink matches
-#: the handwritten set's (mean value 4.96 vs 4.88, zeros 47% vs 49%).
-THICKEN_RANGE = (0.0, 0.035)
-#: glyph height in pixels at which fonts are rasterised before the optdigits preprocessing
-RENDER_HEIGHT = 64
-#: widest a digit may be in the 32x32 box. Chosen from the handwritten data: with 22 the typeset
-#: images keep columns 0 and 7 of the 8x8 grid empty and match the handwritten row/column profiles
-#: (handwritten: 0.2% / 2.7% of images have ink in column 0 / 7).
-WIDTH_CAP = 22
 
 #: seed, Gaussian blur sigma (in 8x8 pixels) and additive noise std (in 0-16 units) of ``corrupted``
 CORRUPT_SEED = 0
@@ -120,106 +110,8 @@ CORRUPT_NOISE_STD = 2.0
 
 
 # --------------------------------------------------------------------------------------------------
-# optdigits-style preprocessing
+# fonts
 # --------------------------------------------------------------------------------------------------
-
-
-def block_count(bitmap: np.ndarray) -> np.ndarray:
-    """Count the set pixels of each 4x4 block of a 32x32 binary bitmap (optdigits' 8x8 values 0-16).
-
-    Args:
-        bitmap: ``[32, 32]`` boolean (or 0/1) array.
-
-    Returns:
-        ``[8, 8]`` int64 array with values in 0..16.
-    """
-    b = np.asarray(bitmap)
-    if b.shape != (32, 32):
-        raise ValueError(f"block_count expects a 32x32 bitmap, got shape {b.shape}")
-    return (b != 0).reshape(8, 4, 8, 4).sum(axis=(1, 3)).astype(np.int64)
-
-
-def optdigits_bitmap(mask: np.ndarray, width_cap: int = WIDTH_CAP) -> np.ndarray:
-    """Normalise a high-resolution binary glyph into the 32x32 box the way optdigits bitmaps look.
-
-    The glyph is cropped to its bounding box, scaled (area averaging) to be 32 pixels high while
-    preserving its aspect ratio, unless it would then be wider than ``width_cap`` (then it is
-    ``width_cap`` wide and shorter), centred, and thresholded at one half.
-
-    Args:
-        mask: 2-D boolean array, ``True`` = ink; must contain ink.
-        width_cap: maximum width in pixels of the digit in the 32x32 box (1..32).
-
-    Returns:
-        ``[32, 32]`` boolean bitmap.
-    """
-    m = np.asarray(mask, dtype=bool)
-    if m.ndim != 2 or not m.any():
-        raise ValueError(f"optdigits_bitmap expects a 2-D mask with ink, got shape {m.shape}, ink={m.any()}")
-    if not 1 <= width_cap <= 32:
-        raise ValueError(f"width_cap must be in 1..32, got {width_cap}")
-    ys, xs = np.nonzero(m)
-    m = m[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
-    h, w = m.shape
-    scale = min(32.0 / h, width_cap / w)
-    nh, nw = max(1, min(32, round(h * scale))), max(1, min(width_cap, round(w * scale)))
-    small = Image.fromarray(m.astype(np.uint8) * 255).resize((nw, nh), Image.Resampling.BOX)
-    out = np.zeros((32, 32), dtype=bool)
-    y0, x0 = (32 - nh) // 2, (32 - nw) // 2
-    out[y0 : y0 + nh, x0 : x0 + nw] = np.asarray(small) >= 128
-    return out
-
-
-def values_to_image(values: np.ndarray) -> Image.Image:
-    """The item image of 64 (or 8x8) values 0-16: RGB, scaled to 0-255, nearest-upsampled to 32x32."""
-    v = np.asarray(values, dtype=np.float64).reshape(8, 8)
-    g = np.clip(np.rint(v * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-    return Image.fromarray(g, mode="L").resize((32, 32), Image.Resampling.NEAREST).convert("RGB")
-
-
-# --------------------------------------------------------------------------------------------------
-# fonts and rendering
-# --------------------------------------------------------------------------------------------------
-
-
-def font_dir() -> Path:
-    """matplotlib's bundled TrueType folder (``mpl-data/fonts/ttf``)."""
-    import matplotlib
-
-    return Path(matplotlib.get_data_path()) / "fonts" / "ttf"
-
-
-def render_glyph(font_path: str | os.PathLike, digit: int, height: int = RENDER_HEIGHT) -> np.ndarray:
-    """Rasterise one digit of a TrueType font with matplotlib's FreeType wrapper.
-
-    Args:
-        font_path: path of a ``.ttf`` file.
-        digit: 0..9.
-        height: approximate glyph height in pixels.
-
-    Returns:
-        Boolean ink mask cropped to the glyph's bounding box.
-
-    Raises:
-        ValueError: the font has no glyph for the digit, or it renders empty.
-    """
-    from matplotlib.ft2font import FT2Font
-
-    if not (isinstance(digit, (int, np.integer)) and 0 <= digit <= 9):
-        raise ValueError(f"digit must be an int in 0..9, got {digit!r}")
-    font = FT2Font(str(font_path))
-    ch = str(int(digit))
-    if font.get_char_index(ord(ch)) == 0:
-        raise ValueError(f"font {font_path} has no glyph for {ch!r}")
-    # Digits are ~0.7 em high in these fonts; the exact size does not matter since we crop and rescale.
-    font.set_size(height * 1.4, 72)
-    font.set_text(ch)
-    font.draw_glyphs_to_bitmap(antialiased=True)
-    img = np.asarray(font.get_image()) >= 128
-    if not img.any():
-        raise ValueError(f"font {font_path} renders {ch!r} empty")
-    ys, xs = np.nonzero(img)
-    return img[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
 
 
 @functools.lru_cache(maxsize=None)
@@ -248,29 +140,6 @@ def typeset_fonts() -> tuple[Path, ...]:
     if not ok:
         raise RuntimeError(f"digits/typeset: none of the expected fonts has digit glyphs under {root}")
     return tuple(ok)
-
-
-def _typeset_variants(path: Path, font_index: int, digit: int, n: int) -> list[np.ndarray]:
-    """``n`` 8x8 value arrays of one (font, digit): random rotation and thickening, optdigits preprocessing."""
-    from scipy import ndimage
-
-    glyph = render_glyph(path, digit)
-    h = glyph.shape[0]
-    pad = int(np.ceil(THICKEN_RANGE[1] * h)) + 2
-    # Thickening by a disk of radius r = thresholding the distance-to-ink map at r; a disk is rotation
-    # invariant, so rotating the distance map (bilinear) and thresholding it rotates and thickens at once.
-    dist = ndimage.distance_transform_edt(~np.pad(glyph, pad)).astype(np.float32)
-    dist_img = Image.fromarray(dist, mode="F")
-    rng = np.random.default_rng([TYPESET_SEED, font_index, digit])
-    out = []
-    for _ in range(n):
-        angle = float(rng.uniform(-ROTATION_DEG, ROTATION_DEG))
-        radius = float(rng.uniform(*THICKEN_RANGE)) * h
-        rot = dist_img.rotate(angle, resample=Image.Resampling.BILINEAR, expand=True, fillcolor=1e6)
-        # + 0.5 px: with radius 0 the (interpolated) glyph itself is kept, not eroded
-        mask = np.asarray(rot) <= radius + 0.5
-        out.append(block_count(optdigits_bitmap(mask)))
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -307,25 +176,49 @@ def _id_indices() -> dict[str, np.ndarray]:
     return {k: _readonly(np.sort(v))[0] for k, v in (("id_train", train), ("id_val", val), ("id_test", test))}
 
 
-@functools.lru_cache(maxsize=None)
-def _typeset() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+def render_typeset(variants: int = TYPESET_VARIANTS, stream: int = 0) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Typeset digits of every usable font: ``variants`` renders per (font, digit) from random stream ``stream``.
+
+    ``render_typeset()`` (10 variants, stream 0) is exactly the ``typeset`` split; another ``stream`` (>= 1)
+    gives fresh renders of the same fonts through the same pipeline, independent of the split (the offline
+    lab's pretraining pool). Not cached: callers cache what they keep.
+
+    Args:
+        variants: renders per font and digit (>= 1).
+        stream: random stream of :func:`~lpft.vision.data.digits_render.typeset_variants` (0: the split's).
+
+    Returns:
+        ``(X [N, 64] float64 values 0-16, y [N] int64, fonts used)``, ordered by font, then digit, then variant.
+
+    Raises:
+        ValueError: ``variants < 1`` or a negative ``stream``.
+        RuntimeError: no font renders the digits.
+    """
+    if int(variants) != variants or variants < 1:
+        raise ValueError(f"variants must be a positive integer, got {variants!r}")
+    if int(stream) != stream or stream < 0:
+        raise ValueError(f"stream must be an integer >= 0, got {stream!r}")
     xs, ys, used = [], [], []
     for path in typeset_fonts():
         font_index = FONT_FILES.index(path.name)
         try:
-            per_font = [_typeset_variants(path, font_index, k, TYPESET_VARIANTS) for k in range(10)]
+            per_font = [typeset_variants(path, font_index, k, variants, stream) for k in range(10)]
         except ValueError as err:  # a digit renders empty
             warnings.warn(f"digits/typeset: skipping font {path.name}: {err}", stacklevel=2)
             continue
         used.append(path.name)
-        for k, variants in enumerate(per_font):
-            xs.extend(v.reshape(64) for v in variants)
-            ys.extend([k] * len(variants))
+        for k, vs in enumerate(per_font):
+            xs.extend(v.reshape(64) for v in vs)
+            ys.extend([k] * len(vs))
     if not used:
         raise RuntimeError("digits/typeset: no font rendered the digits")
-    X = np.stack(xs).astype(np.float64)
-    y = np.asarray(ys, dtype=np.int64)
-    return (*_readonly(X, y), tuple(used))
+    return np.stack(xs).astype(np.float64), np.asarray(ys, dtype=np.int64), tuple(used)
+
+
+@functools.lru_cache(maxsize=None)
+def _typeset() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    X, y, used = render_typeset(TYPESET_VARIANTS, 0)
+    return (*_readonly(X, y), used)
 
 
 @functools.lru_cache(maxsize=None)
