@@ -245,16 +245,21 @@ def submit_sweep(runs: Sequence["SweepRun"], opts: ClusterOptions) -> dict[str, 
         # local jobs are this process's children: at most `parallelism` at a time, new ones as slots free up
         parallelism = opts.array_parallelism or 1
         queue, running, finished = list(todo), [], []
-        while queue or running:
-            still = [(r, j) for r, j in running if not j.done()]
-            finished += [p for p in running if p not in still]
-            running = still
-            if queue and len(running) < parallelism:
-                n = parallelism - len(running)
-                running += _submit_batch(ex, logs, "local", queue[:n])
-                queue = queue[n:]
-            elif running:
-                time.sleep(opts.poll_s)
+        try:
+            while queue or running:
+                still = [(r, j) for r, j in running if not j.done()]
+                finished += [p for p in running if p not in still]
+                running = still
+                if queue and len(running) < parallelism:
+                    n = parallelism - len(running)
+                    running += _submit_batch(ex, logs, "local", queue[:n])
+                    queue = queue[n:]
+                elif running:
+                    time.sleep(opts.poll_s)
+        except KeyboardInterrupt:  # do not leave orphaned runs behind; rerunning the sweep resumes them
+            for _, job in running:
+                job.cancel()
+            raise
     else:
         finished = _submit_batch(ex, logs, opts.executor, todo)
         if not wait:
@@ -282,14 +287,24 @@ class RunState:
     log_tail: list[str] = field(default_factory=list)
 
 
-def _log_tail(logs: Path, job_id: str, n: int = 10) -> list[str]:
-    # submitit's log naming for a folder without %j: <job_id>_<task>_log.err
-    path = logs / f"{job_id}_0_log.err"
+def _log_lines(logs: Path, job_id: str) -> list[str]:
+    # submitit's log naming for a folder without %j: <job_id>_<task>_log.err (task 0 = global rank 0)
     try:
-        lines = path.read_text(errors="replace").splitlines()
+        text = (logs / f"{job_id}_0_log.err").read_text(errors="replace")
     except OSError:
         return []
-    return [ln for ln in lines if ln.strip()][-n:]
+    return [ln for ln in text.splitlines() if ln.strip()]
+
+
+def _error_line(lines: Sequence[str]) -> str | None:
+    """The exception line of the last traceback in a log (else the last line that looks like an error)."""
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("Traceback (most recent call last)")]
+    if starts:
+        found = [ln for ln in lines[starts[-1] + 1:] if not ln[0].isspace()]
+        if found:
+            return found[0].strip()
+    errors = [ln.strip() for ln in lines if _ERROR_LINE.match(ln.strip())]
+    return errors[-1] if errors else None
 
 
 def _job_state(job: dict[str, Any], logs: Path) -> str:
@@ -343,10 +358,9 @@ def run_states(runs: Sequence["SweepRun"], logs: str | os.PathLike) -> list[RunS
         if js in ("queued", "running"):
             out.append(RunState(r.run_id, js, f"{job['executor']} job {jid}", jid))
         elif js == "finished":
-            tail = _log_tail(logs, jid)
-            errors = [ln.strip() for ln in tail if _ERROR_LINE.match(ln.strip())]
-            out.append(RunState(r.run_id, "failed", errors[-1] if errors else f"job {jid} ended without records",
-                                jid, tail))
+            lines = _log_lines(logs, jid)
+            out.append(RunState(r.run_id, "failed", _error_line(lines) or f"job {jid} ended without records", jid,
+                                lines[-10:]))
         elif r.is_resumable() or stored is not None:
             out.append(RunState(r.run_id, "interrupted", "checkpoints; resumes with --resume" if r.is_resumable()
                                 else "config.json but no records", jid))

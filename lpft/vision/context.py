@@ -110,6 +110,18 @@ def head_accuracy(ctx: RunContext, split: str, weight: torch.Tensor, bias: torch
     return engine.accuracy(logits, y, ctx.eval_sets[split])
 
 
+def split_records(ctx: RunContext, split: str, logits: torch.Tensor, labels: torch.Tensor, **extra) -> list[dict]:
+    """Accuracy, ECE (15 bins) and NLL of one split's logits, after the split's projection."""
+    from lpft.vision.calibration import calibration_metrics
+
+    ds = ctx.eval_sets[split]
+    acc = engine.accuracy(logits, labels, ds)
+    projected = ds.project_logits(logits) if hasattr(ds, "project_logits") else logits
+    cal = calibration_metrics(projected, labels)
+    return [ctx.record(split, "acc", acc, **dict(extra))] + [
+        ctx.record(split, m, v, **dict(extra)) for m, v in cal.items() if v == v and abs(v) != float("inf")]
+
+
 def fit_linear_probe(ctx: RunContext):
     """LP on cached features, with the protocol's solver (docs/protocols.md, "Linear probe").
 
@@ -147,7 +159,11 @@ def probe_extra(res) -> dict[str, float]:
 
 
 def evaluate_head(ctx: RunContext, weight, bias, **extra) -> list[dict]:
-    return [ctx.record(s, "acc", head_accuracy(ctx, s, weight, bias), **extra) for s in ctx.bench.eval_splits]
+    recs = []
+    for s in ctx.bench.eval_splits:
+        x, y = features(ctx, s)
+        recs += split_records(ctx, s, x.float() @ weight.float().T + bias.float(), y, **extra)
+    return recs
 
 
 def evaluate_model(ctx: RunContext, model: nn.Module, *, desc: str = "", **extra) -> list[dict]:
@@ -157,7 +173,7 @@ def evaluate_model(ctx: RunContext, model: nn.Module, *, desc: str = "", **extra
         logits, labels = engine.predict(model, ds, batch_size=ctx.cfg.eval_batch_size, device=ctx.device,
                                         num_workers=ctx.cfg.num_workers, progress=ctx.progress,
                                         desc=f"{desc}{s}", precision=ctx.cfg.precision)
-        recs.append(ctx.record(s, "acc", engine.accuracy(logits, labels, ds), **extra))
+        recs += split_records(ctx, s, logits, labels, **extra)
     return recs
 
 

@@ -84,7 +84,8 @@ def init_from_env(device: torch.device) -> torch.device:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", "0"))
+        # a scheduler may show each task only its own GPU (CUDA_VISIBLE_DEVICES with one entry)
+        local = int(os.environ.get("LOCAL_RANK", "0")) % max(torch.cuda.device_count(), 1)
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
     return device

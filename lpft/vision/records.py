@@ -9,7 +9,7 @@ Every record has at least the fields of :data:`REQUIRED_FIELDS`:
 ``benchmark``   registered benchmark name (``digits``, ``living17``, ...)
 ``eval_split``  the split evaluated (``id_val``, ``id_test``, ``ood_test``, ``imagenet_r``, ...)
 ``shift``       ``"id"`` or ``"ood"``
-``metric``      ``acc`` (top-1 accuracy in [0, 1]), ``loss``, ``feature_sq_change``, ``feature_cosine``
+``metric``      ``acc`` (top-1 accuracy in [0, 1]), ``ece`` / ``nll`` (calibration), ``loss``, ``feature_*``
 ``value``       a float
 ``seed``        the run's seed
 ``alpha``       the WiSE-FT mixing coefficient; ``None`` for every other method

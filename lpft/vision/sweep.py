@@ -64,7 +64,11 @@ def paper_lr_grid(method: str, benchmark: str, backbone: str) -> tuple[float | N
 
 
 def run_id_for(benchmark: str, backbone: str, method: str, lr: float | None, seed: int) -> str:
-    """The runner's default run id: ``{benchmark}-{backbone}-{method}-lr{lr:g}-seed{seed}`` (``na`` for no lr)."""
+    """The base run id ``{benchmark}-{backbone}-{method}-lr{lr:g}-seed{seed}`` (``na`` for no lr).
+
+    :func:`plan_sweep` names runs with the runner's own ``default_run_id`` of the resolved config instead, which
+    can add variant suffixes (e.g. ``-lc`` for WiSE-FT's linear-classifier variant).
+    """
     lr_s = "na" if lr is None else f"{lr:g}"
     return f"{benchmark}-{backbone}-{method}-lr{lr_s}-seed{seed}"
 
@@ -117,8 +121,16 @@ def resolve_run_config(argv: Sequence[str]):
     """The :class:`~lpft.vision.config.RunConfig` the runner would execute for ``argv``, without running it.
 
     Parses with the runner's own parser (``lpft.vision.run.build_parser`` / ``config_from_args``), resolves
-    presets (``resolve_config``) and fills the run id (``default_run_id``) as the runner does. Bad flags raise
-    ``ValueError`` instead of exiting.
+    presets (``resolve_config``) and fills the run id (``default_run_id``) as the runner does.
+
+    Args:
+        argv: the runner's flags.
+
+    Returns:
+        The resolved ``RunConfig`` (``run_id`` set).
+
+    Raises:
+        ValueError: flags the runner rejects (instead of argparse's exit), or an invalid config.
     """
     from lpft.vision.config import default_run_id, resolve_config
     from lpft.vision.run import build_parser, config_from_args
@@ -135,7 +147,14 @@ def resolve_run_config(argv: Sequence[str]):
 
 
 def requested_config(cfg) -> dict[str, Any]:
-    """``cfg.to_dict()`` without the derived fields the run fills in itself (empty before it runs)."""
+    """What a run directory's ``config.json`` is compared with.
+
+    Args:
+        cfg: a resolved ``RunConfig``.
+
+    Returns:
+        ``cfg.to_dict()`` without the derived fields the run fills in itself (still empty before it runs).
+    """
     return {k: v for k, v in cfg.to_dict().items() if not (k in DERIVED_FIELDS and v in (None, {}, [], ""))}
 
 
@@ -260,7 +279,7 @@ def run_sweep(
     check_plan(runs)
     if runner is None:
         from lpft.vision.run import main as runner
-    from tqdm.auto import tqdm
+    from lpft.vision.progress import tqdm
 
     status: dict[str, list[str]] = {"done": [], "skipped": [], "failed": []}
     bar = tqdm(runs, desc="sweep", unit="run", disable=not progress)

@@ -102,10 +102,11 @@ def variant_of(rec: dict[str, Any]) -> tuple[str, str | None]:
 
 
 def final_records(records: Iterable[dict[str, Any]], metric: str = "acc") -> list[dict[str, Any]]:
-    """Records of the selected models (``epoch`` null) with the given metric, type-checked."""
+    """Records of the selected models (``epoch`` null) with the given metric, type-checked. Models a method
+    reports on the way (``stage``, e.g. LP-FT's LP stage) are left out: LP runs give those cells."""
     out = []
     for r in records:
-        if r["metric"] != metric or r.get("epoch") is not None:
+        if r["metric"] != metric or r.get("epoch") is not None or r.get("stage") is not None:
             continue
         _check(r)
         out.append(r)

@@ -108,6 +108,7 @@ def test_checkpoint_requeues_the_same_run_with_resume(tmp_path):
     assert back.function.argv[-1] == "--resume" and back.function.run_id == "rid"
 
 
+@pytest.mark.slow
 def test_interrupted_run_is_resumed_through_the_executor(inline_runs, tmp_path, capsys):
     """A run dir with ckpt/last.pt but no records is submitted with --resume and completes through the local
     executor with the records of the uninterrupted inline run."""
@@ -167,7 +168,9 @@ def test_two_task_job_runs_distributed(tmp_path):
 def _local_job_env(monkeypatch, ntasks, rank, job_id="4242"):
     for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
               "CUDA_VISIBLE_DEVICES"):
-        monkeypatch.delenv(k, raising=False)
+        # setenv first so that monkeypatch restores the original state of variables the export will set
+        monkeypatch.setenv(k, "")
+        monkeypatch.delenv(k)
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
     for k, v in dict(NTASKS=ntasks, JOB_NUM_NODES=1, NODEID=0, GLOBALID=rank, LOCALID=rank, JOB_ID=job_id).items():
         monkeypatch.setenv(f"SUBMITIT_LOCAL_{k}", str(v))
@@ -239,3 +242,25 @@ def test_status_table_states(tmp_path, capsys):
     assert states == {"not started": [lp.run_id], "config differs": [ft.run_id]}
     text = capsys.readouterr().out
     assert len([ln for ln in text.splitlines() if ln.startswith("digits-")]) == 2 and "fields: limit" in text
+
+
+def test_status_of_slurm_jobs_from_their_logs(tmp_path, capsys):
+    """Without sacct (as here) a Slurm job's end is read from submitit's result file and its stderr log."""
+    out, logs = tmp_path / "runs", tmp_path / "logs"
+    lp, ft = _plan(out)
+    logs.mkdir()
+    (logs / "jobs.json").write_text(json.dumps({
+        lp.run_id: {"job_id": "900_0", "executor": "slurm", "host": "login1", "submitted": "x", "argv": []},
+        ft.run_id: {"job_id": "900_1", "executor": "slurm", "host": "login1", "submitted": "x", "argv": []}}))
+    (logs / "900_1_0_result.pkl").write_bytes(b"x")  # submitit wrote a result: the job has ended
+    (logs / "900_1_0_log.err").write_text("\n".join([f"line {i}" for i in range(20)] + [
+        "Traceback (most recent call last):", '  File "x.py", line 1, in <module>',
+        "lpft.vision.engine.TrainingDiverged: training loss became nan at epoch 1", ""]))
+    states = {st.run_id: st for st in cluster.run_states([lp, ft], logs)}
+    assert states[lp.run_id].state == "not started" and "900_0 state unknown" in states[lp.run_id].detail
+    assert states[ft.run_id].state == "failed" and states[ft.run_id].job_id == "900_1"
+    assert states[ft.run_id].detail == "lpft.vision.engine.TrainingDiverged: training loss became nan at epoch 1"
+    assert len(states[ft.run_id].log_tail) == 10 and states[ft.run_id].log_tail[-1].endswith("epoch 1")
+    assert main([*SWEEP, "--out", str(out), "--logs", str(logs), "--status", *RUN_FLAGS]) == {
+        "not started": [lp.run_id], "failed": [ft.run_id]}
+    assert "--- " + ft.run_id + ": last lines of job 900_1" in capsys.readouterr().out

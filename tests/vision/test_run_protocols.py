@@ -102,3 +102,26 @@ def test_selection_actually_used_is_recorded(tmp_path):
     assert cfg["selection"] == "paper"  # requested (the preset) ...
     assert cfg["split_info"]["id_val"]["selection"] == "heldout"  # ... digits has no official selection set
     assert {r["selection"] for r in read_records(run / "records.jsonl")} == {"heldout"}
+
+
+@pytest.mark.parametrize("method", ["lp", "ft"])
+def test_every_evaluation_records_calibration(tmp_path, method):
+    from lpft.vision.calibration import calibration_metrics
+
+    run = main([*CLIP, "--method", method, "--epochs", "1", "--out", str(tmp_path)])
+    recs = [r for r in read_records(run / "records.jsonl") if r.get("epoch") is None and r.get("stage") is None]
+    by = {(r["eval_split"], r["metric"]): r["value"] for r in recs}
+    for split in ("id_val", "id_test", "typeset", "corrupted"):
+        assert 0.0 <= by[(split, "ece")] <= 1.0 and by[(split, "nll")] > 0.0
+    if method == "lp":  # recompute from the saved head and cached features: the same numbers
+        head = torch.load(run / "head.pt", weights_only=True)
+        for blob in _cached_features(tmp_path):
+            x, y = blob["features"], blob["labels"]
+            cal = calibration_metrics(x @ head["weight"].T + head["bias"], y)
+            matches = [s for s in ("id_test", "typeset", "corrupted")
+                       if by[(s, "nll")] == pytest.approx(cal["nll"], rel=1e-6)]
+            if matches:
+                assert by[(matches[0], "ece")] == pytest.approx(cal["ece"], abs=1e-9)
+                break
+        else:
+            raise AssertionError("no evaluation split's NLL matches the saved head on its cached features")
