@@ -1,9 +1,16 @@
-"""Build notebooks/synthetic.ipynb (outputs empty) with nbformat: `python notebooks/build_synthetic.py`.
+"""Build ``notebooks/synthetic.ipynb`` and store it executed: ``python notebooks/build_synthetic.py [OUT]``.
 
-The notebook only calls lpft.synthetic.figures; figures go to $LPFT_SYNTHETIC_FIGURES (default
-figures/synthetic).
+The notebook only calls :mod:`lpft.synthetic.figures`; figures go to ``$LPFT_SYNTHETIC_FIGURES`` (default
+``figures/synthetic``). The stored copy keeps its outputs (the figures as PNG), so a code host shows them; it is
+executed in a temporary folder, so no figure lands in the repository. ``tests/synthetic/test_notebook.py`` checks
+that the stored cells are the ones built here and executes a copy.
 """
 
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -13,8 +20,9 @@ CELLS = [
     new_markdown_cell(
         "# Two-layer linear theory of LP-FT and WiSE-FT\n\n"
         "Every figure is computed by `lpft.synthetic.figures` (gradient flow with DOP853 and the closed forms of "
-        "THEORY.md). Figures are written as PNG and PDF into `$LPFT_SYNTHETIC_FIGURES` "
-        "(default `figures/synthetic`)."
+        "`docs/theory.md`). Figures are written as PNG and PDF into `$LPFT_SYNTHETIC_FIGURES` "
+        "(default `figures/synthetic`). The outputs stored in the repository were made by "
+        "`python notebooks/build_synthetic.py`."
     ),
     new_code_cell(
         "import os\n"
@@ -42,15 +50,55 @@ CELLS = [
     new_code_cell("paths['gd_drift'] = figures.fig_gd_drift(OUT)\ndisplay(Image(str(paths['gd_drift'][0])))"),
     new_code_cell("for name, (png, pdf) in paths.items():\n    print(name, png, pdf)"),
 ]
+#: environment variables the notebook reads; unset while the stored copy is executed, so it shows the defaults
+ENV_VARS = ("LPFT_SYNTHETIC_FIGURES",)
 
 
-def build(path: Path) -> None:
-    nb = new_notebook(cells=CELLS)
+def notebook() -> nbformat.NotebookNode:
+    """The notebook without outputs (stable cell ids, so rebuilding gives the same cells)."""
+    nb = new_notebook(cells=[nbformat.from_dict(c) for c in CELLS])
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"synthetic-{i}"
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     nbformat.validate(nb)
-    nbformat.write(nb, str(path))
+    return nb
+
+
+def execute(nb: nbformat.NotebookNode, workdir: str | os.PathLike, timeout: int = 900) -> nbformat.NotebookNode:
+    """Run ``nb`` in a fresh ``python3`` kernel with ``workdir`` as its working folder (in place; returned)."""
+    import nbclient
+
+    saved = {k: os.environ.pop(k) for k in (*ENV_VARS, "MPLBACKEND", "PYTHONWARNINGS") if k in os.environ}
+    os.environ["MPLBACKEND"] = "Agg"
+    # tqdm.auto warns inside a kernel without ipywidgets (a property of this environment, not of the notebook)
+    os.environ["PYTHONWARNINGS"] = "ignore:IProgress not found"
+    try:
+        nbclient.NotebookClient(nb, kernel_name="python3", timeout=timeout, record_timing=False,
+                                resources={"metadata": {"path": str(workdir)}}).execute()
+    finally:
+        for k in ("MPLBACKEND", "PYTHONWARNINGS"):
+            os.environ.pop(k, None)
+        os.environ.update(saved)
+    return nb
+
+
+def build(path: str | Path, run: bool = True) -> Path:
+    """Write the notebook to ``path``, executed (outputs stored) unless ``run`` is false; return the path."""
+    nb = notebook()
+    if run:
+        with tempfile.TemporaryDirectory(prefix="lpft-nb-") as tmp:
+            execute(nb, tmp)
+    path = Path(path)
+    from lpft.vision.io import write_text_atomic
+
+    write_text_atomic(path, nbformat.writes(nb))
+    return path
 
 
 if __name__ == "__main__":
-    build(Path(__file__).with_name("synthetic.ipynb"))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", nargs="?", default=str(Path(__file__).with_name("synthetic.ipynb")))
+    ap.add_argument("--no-execute", action="store_true", help="write the cells without outputs")
+    a = ap.parse_args()
+    print(build(a.out, run=not a.no_execute))

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import sys
 
-from tqdm.auto import tqdm as _tqdm
+try:  # a notebook widget inside Jupyter needs ipywidgets; without it the plain bar (no warning)
+    import ipywidgets  # noqa: F401
+
+    from tqdm.auto import tqdm as _tqdm
+except ImportError:
+    from tqdm.std import tqdm as _tqdm
 
 __all__ = ["tqdm", "LOG_MININTERVAL"]
 
