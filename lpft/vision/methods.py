@@ -110,6 +110,7 @@ def run_wiseft(ctx: RunContext) -> list[dict]:
     theta0 = {k: v.detach().cpu().clone() for k, v in model0.state_dict().items()}
     if cfg.wiseft_finetune == "linear":
         w1, b1 = _linear_classifier(ctx, w0, b0)
+        ctx.save_torch("theta1_head.pt", {"weight": w1.detach().cpu(), "bias": b1.detach().cpu()})
         model1 = new_classifier(ctx, w1, b1)
     else:
         model1 = finetune(ctx, new_classifier(ctx, w0, b0))

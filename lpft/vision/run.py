@@ -93,6 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lp-solver", choices=["lbfgs", "sgd"], default=None,
                    help="LP solver: lbfgs (C path, sklearn objective) or sgd (LP-FT's ImageNet torch linear probe)")
     g.add_argument("--no-distortion", action="store_true", help="skip the feature-distortion measurement")
+    g = p.add_argument_group("fine-tuning options (ft, lpft, wiseft end_to_end; docs/methods.md)")
+    g.add_argument("--l2sp-alpha", type=float, default=None,
+                   help="L2-SP: add alpha/2 ||w - w0||^2 over the backbone to the loss (Li et al. 2018: e.g. 0.01)")
+    g.add_argument("--l2sp-beta", type=float, default=None, help="L2-SP: add beta/2 ||w||^2 over the head (e.g. 0.01)")
+    g.add_argument("--train-blocks", default=None,
+                   help="surgical fine-tuning: comma-separated groups (all, embed, first, middle, last, head) or "
+                        "parameter-name prefixes that train; -X excludes X; the head trains unless -head")
+    g.add_argument("--freeze-embed", action="store_true", help="keep the patch / stem embedding pretrained")
+    g.add_argument("--weight-average", choices=["swa", "ema"], default=None,
+                   help="the result is the SWA (per-epoch mean) or EMA (per-step) average of the weights")
+    g.add_argument("--swa-start-epoch", type=int, default=None, help="first epoch SWA averages (default: last 25%%)")
+    g.add_argument("--ema-decay", type=float, default=None, help="EMA decay per step (default 0.999)")
+    g.add_argument("--tpgm", action="store_true",
+                   help="TPGM: project each tensor onto a ball around w0 with radii learned on ID val")
+    g.add_argument("--tpgm-frequency", type=int, default=None, help="TPGM: epochs between radius updates (default 1)")
+    g.add_argument("--tpgm-steps", type=int, default=None, help="TPGM: radius steps per update (default 200)")
+    g.add_argument("--tpgm-lr", type=float, default=None, help="TPGM: Adam learning rate of the radii (default 1e-2)")
     g.add_argument("--limit", type=int, default=None, help="cap every split at N examples (smoke tests)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -111,6 +128,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         precision=args.precision, select_epoch=args.select_epoch, selection=args.selection, fmow_val=args.fmow_val,
         transforms=args.transforms, lp_solver=args.lp_solver,
         feature_norm=None if args.feature_norm is None else args.feature_norm == "on",
+        l2sp_alpha=args.l2sp_alpha, l2sp_beta=args.l2sp_beta, train_blocks=args.train_blocks,
+        freeze_embed=args.freeze_embed or None, weight_average=args.weight_average,
+        swa_start_epoch=args.swa_start_epoch, ema_decay=args.ema_decay, tpgm=args.tpgm or None,
+        tpgm_frequency=args.tpgm_frequency, tpgm_steps=args.tpgm_steps, tpgm_lr=args.tpgm_lr,
     )
 
 
@@ -257,6 +278,7 @@ def _execute(cfg, provenance, bench, device, run_dir, per_rank, progress) -> Pat
                       for s, d in {"id_train": train_set, **eval_sets}.items()}
     resolved = {**cfg.to_dict(), **{k: v for k, v in _requested(cfg, bench).items() if k == "dataset_root"}}
     resolved["backbone_weights_id"] = backbone.weights_id
+    resolved["classnames"] = list(bench.classnames)
     resolved["transforms_resolved"] = tf_info
     resolved["environment"] = environment_info(device)
     resolved["distributed"] = {"world_size": world, "per_rank_batch": per_rank, "grad_accum": cfg.grad_accum}

@@ -39,7 +39,8 @@ BOOKKEEPING_FIELDS = frozenset({
     "distributed", "preset", "provenance",
 })
 #: fields that the run derives from the data and weights; compared only when both sides have them
-DERIVED_FIELDS = frozenset({"split_info", "backbone_weights_id", "transforms", "transforms_resolved"})
+DERIVED_FIELDS = frozenset({"split_info", "backbone_weights_id", "transforms", "transforms_resolved", "classnames",
+                            "dataset_root"})
 
 
 class RunConfigMismatch(ValueError):

@@ -32,7 +32,8 @@ def test_lp_run_on_fixture(tmp_path, name):
     bench = get_benchmark(name)
     got = {r["eval_split"]: r["shift"] for r in recs}
     assert got == {s: bench.splits[s] for s in bench.eval_splits}
-    assert all(0.0 <= r["value"] <= 1.0 for r in recs)
+    assert all(0.0 <= r["value"] <= 1.0 for r in recs if r["metric"] in ("acc", "ece"))
+    assert {r["metric"] for r in recs} == {"acc", "ece", "nll"} and all(r["value"] >= 0 for r in recs)
 
 
 def test_ft_run_on_imagenet_fixture_with_projected_splits(tmp_path):
