@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lpft.vision.modifiers import derive_modifiers, validate_modifiers
+
 METHODS = ("lp", "ft", "lpft", "wiseft", "zeroshot")
 FINETUNE_METHODS = ("ft", "lpft", "wiseft")
 OPTIMIZERS = ("sgd", "adamw")
@@ -42,6 +44,7 @@ CHOICES: dict[str, tuple] = {
     "on_corrupt": ("stop", "skip"),
     "wiseft_finetune": ("end_to_end", "linear"),
     "templates": ("imagenet", "benchmark", "simple"),
+    "weight_average": ("swa", "ema"),
 }
 #: benchmarks whose official LP-FT configs define their own transforms (docs/protocols.md)
 OFFICIAL_TRANSFORM_BENCHMARKS = ("living17", "entity30", "cifar10", "domainnet", "fmow", "imagenet")
@@ -109,6 +112,19 @@ class RunConfig:
     alphas: list[float] | None = None
     wiseft_finetune: str = "end_to_end"  # or "linear": fine-tune only the zero-shot head (the LC variant)
     wiseft_recompute_bn: bool = True
+
+    # options of end-to-end fine-tuning (ft, lpft, WiSE-FT's theta_1; docs/methods.md); None = off
+    l2sp_alpha: float | None = None  # L2-SP: + alpha/2 ||w - w0||^2 over the backbone (Li et al. 2018)
+    l2sp_beta: float | None = None  # L2-SP: + beta/2 ||w||^2 over the head
+    train_blocks: str | None = None  # surgical fine-tuning: groups / name prefixes that train (lpft.vision.surgical)
+    freeze_embed: bool | None = None  # the patch / stem embedding stays pretrained (Kumar et al. 2022b)
+    weight_average: str | None = None  # "swa" | "ema": the averaged weights are the result
+    swa_start_epoch: int | None = None  # first averaged epoch (derived: the last 25% of the epochs)
+    ema_decay: float | None = None  # derived: 0.999
+    tpgm: bool | None = None  # TPGM: projection onto learned balls around w0 (Tian et al. 2023)
+    tpgm_frequency: int | None = None  # epochs between radius updates (derived: 1)
+    tpgm_steps: int | None = None  # radius steps per update (derived: 200)
+    tpgm_lr: float | None = None  # Adam learning rate of the radii (derived: 1e-2)
 
     # zero-shot
     templates: str | None = None  # "imagenet" (80 OpenAI templates) | "benchmark" | "simple"
@@ -190,6 +206,11 @@ PAIR_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ),
     ("digits", "tiny_cnn"): dict(image_size=32, augment=False, lp_train_augment=False, batch_size=32,
                                  epochs=2, lr={"ft": 1e-2, "lpft": 1e-3, "wiseft": 1e-3}, lp_num_cs=10),
+    # The offline lab (lpft/vision/lab, docs/lab.md): the SimCLR-pretrained 8x8 ResNet; 30 epochs of batch 64, no
+    # augmentation. Learning rates: FT and LP-FT as chosen by mean ID-val accuracy over seeds in the lab sweep
+    # (python -m lpft.vision.lab); WiSE-FT's fine-tuning stage starts from the LP head, like LP-FT.
+    ("digits", "digits_simclr"): dict(pretrained="s2000-p0.2", augment=False, lp_train_augment=False, batch_size=64,
+                                      epochs=30, lr={"ft": 3e-2, "lpft": 1e-3, "wiseft": 1e-3}),
     ("digits", "tiny_clip"): dict(image_size=32, augment=False, lp_train_augment=False, batch_size=32,
                                   epochs=2, lr={"ft": 1e-3, "lpft": 1e-4, "wiseft": 1e-4}, lp_num_cs=10),
     # WiSE-FT protocol for CLIP on ImageNet (Wortsman et al. 2022, Sec. 3; docs/protocols.md).
@@ -311,6 +332,7 @@ def _derive(cfg: RunConfig, prov: dict[str, str], layer_names: list[str]) -> Non
             if prov.get(k) != "given":
                 setattr(cfg, k, None)
                 prov.pop(k, None)
+    derive_modifiers(cfg, prov, put)
     if cfg.method in ("lp", "zeroshot"):
         keep = {"batch_size"} if cfg.lp_solver == "sgd" else set()  # the SGD probe's mini-batch
         for k in FINETUNE_KEYS:
@@ -352,6 +374,7 @@ def _validate(cfg: RunConfig) -> None:
     if cfg.wiseft_finetune == "linear" and cfg.method == "wiseft" and not is_clip_name(cfg.backbone):
         raise ValueError("--wiseft-finetune linear needs a CLIP backbone (theta_0 = zero-shot head); for "
                          f"{cfg.backbone!r} theta_0 is already the linear probe")
+    validate_modifiers(cfg)
 
 
 def default_run_id(cfg: RunConfig) -> str:

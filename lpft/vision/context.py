@@ -208,17 +208,23 @@ def zeroshot_weights(ctx: RunContext):
 
 
 def finetune(ctx: RunContext, model: nn.Module, subdir: str = "ckpt") -> nn.Module:
-    """Run the engine, load the selected epoch into ``model`` and write the training history."""
+    """Run the engine, load the selected epoch into ``model`` and write the training history.
+
+    The config's fine-tuning options (L2-SP, TPGM, freezing, SWA / EMA; docs/methods.md) run as engine hooks
+    (:func:`lpft.vision.modifiers.build_hooks`); with weight averaging the averaged model is the result.
+    """
+    from lpft.vision.modifiers import build_hooks
     from lpft.vision.tboard import EpochLogger
 
     with EpochLogger(ctx.run_dir / "tensorboard" if D.is_main() else None) as log:
         res = engine.train(model, ctx.train_set, ctx.eval_sets["id_val"], ctx.settings(), device=ctx.device,
                            ckpt_dir=ctx.run_dir / subdir, resume=ctx.cfg.resume, progress=ctx.progress,
-                           on_epoch_end=log)
+                           on_epoch_end=log, hooks=build_hooks(ctx))
     model.load_state_dict(res.best_state)
     ctx.notes["best_epoch"] = res.best_epoch
     ctx.notes["history"] = res.history
-    selected = "best.pt" if ctx.cfg.select_epoch == "best" and res.best_epoch > 0 else "last.pt"
+    selected = res.selected_checkpoint or (
+        "best.pt" if ctx.cfg.select_epoch == "best" and res.best_epoch > 0 else "last.pt")
     ctx.write_json("history.json", {"best_epoch": res.best_epoch, "select_epoch": ctx.cfg.select_epoch,
                                     "selected_checkpoint": f"{subdir}/{selected}" if res.best_epoch > 0 else None,
                                     "history": res.history})

@@ -223,10 +223,12 @@ class _GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         from torch.distributed.nn.functional import all_reduce  # differentiable (gradients all-reduced too)
 
         dims = [d for d in range(x.dim()) if d != 1]
-        count = torch.tensor([x.numel() / max(x.shape[1], 1)], dtype=x.dtype)
+        # moments in float64: E[x^2] - E[x]^2 in float32 cancels badly when |mean| >> std
+        xd = x.double()
+        count = torch.tensor([x.numel() / max(x.shape[1], 1)], dtype=torch.float64, device=x.device)
         with warnings.catch_warnings():  # its deprecation points to a functional API without autograd
             warnings.simplefilter("ignore", FutureWarning)
-            stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+            stats = all_reduce(torch.cat([xd.sum(dims), (xd * xd).sum(dims), count]))
         c = x.shape[1]
         total = stats[-1]
         mean, sq = stats[:c] / total, stats[c:2 * c] / total
@@ -236,19 +238,29 @@ class _GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
                 self.num_batches_tracked.add_(1)
                 m = (1.0 / float(self.num_batches_tracked)) if self.momentum is None else self.momentum
                 unbiased = var * (total / (total - 1).clamp_min(1))
-                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                self.running_var.mul_(1 - m).add_(unbiased.detach(), alpha=m)
+                self.running_mean.mul_(1 - m).add_(mean.detach().to(x.dtype), alpha=m)
+                self.running_var.mul_(1 - m).add_(unbiased.detach().to(x.dtype), alpha=m)
         shape = [1, c] + [1] * (x.dim() - 2)
-        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        mean, inv_std = mean.to(x.dtype), torch.rsqrt(var + self.eps).to(x.dtype)
+        y = (x - mean.view(shape)) * inv_std.view(shape)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y
 
 
+class _GlobalBatchNormAct(_GlobalBatchNorm):
+    """:class:`_GlobalBatchNorm` followed by the dropout and activation that timm's ``BatchNormAct2d`` fuses
+    into its BatchNorm (same state-dict keys: ``drop`` and ``act`` hold no state)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(super().forward(x)))
+
+
 def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     """BatchNorm statistics over the global batch under DDP: ``torch.nn.SyncBatchNorm`` (timm's converter,
-    which keeps fused activations, when available) on GPU; plain ``BatchNorm1d/2d/3d`` become a gloo
-    all-reduce BatchNorm on CPU (other BatchNorm subclasses stay per-rank there, with a warning)."""
+    which keeps fused activations, when available) on GPU; on CPU, plain ``BatchNorm1d/2d/3d`` and timm's
+    ``BatchNormAct2d`` become a gloo all-reduce BatchNorm (other BatchNorm subclasses stay per-rank there, with a
+    warning)."""
     if rank_world()[1] == 1:
         return model
     if device.type == "cuda":
@@ -260,10 +272,16 @@ def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     plain = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
     others = []
 
+    def fused(module: nn.Module) -> bool:  # timm's BatchNormAct2d: BatchNorm, then drop, then act
+        return isinstance(getattr(module, "act", None), nn.Module) and isinstance(getattr(module, "drop", None),
+                                                                                  nn.Module)
+
     def convert(module: nn.Module) -> nn.Module:
-        if type(module) in plain:
-            new = _GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                   module.track_running_stats)
+        if type(module) in plain or (isinstance(module, nn.modules.batchnorm._BatchNorm) and fused(module)):
+            cls = _GlobalBatchNormAct if type(module) not in plain else _GlobalBatchNorm
+            new = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+            if cls is _GlobalBatchNormAct:
+                new.drop, new.act = module.drop, module.act
             new.load_state_dict(module.state_dict())
             new.train(module.training)
             return new

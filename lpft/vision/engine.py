@@ -17,6 +17,9 @@ Guarantees:
   rank 0, keeping the previous one as a fallback; the best epoch by ID validation accuracy is kept in
   ``best.pt`` (``select_epoch="best"``), or the last epoch is the result (``"last"``, WiSE-FT's theta_1).
 * **Divergence is loud.** A non-finite loss stops the run with :class:`TrainingDiverged`.
+
+Fine-tuning options (L2-SP, TPGM, freezing / surgical fine-tuning, SWA / EMA; ``docs/methods.md``) plug in as
+:class:`TrainHook` objects; with no hook the loop is exactly the plain one.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import random
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -110,6 +113,47 @@ class TrainResult:
     best_epoch: int
     best_val_acc: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    selected_checkpoint: str | None = None  # set when a hook's model is the result ("averaged.pt")
+
+
+class TrainHook:
+    """An option of fine-tuning plugged into :func:`train`; every method is a no-op by default.
+
+    Hooks run in the order given, on every rank, always with the bare model (never the DDP wrapper). Their
+    state (:meth:`state_dict`) is saved in ``last.pt`` under ``hooks[name]``, so a resumed run continues it.
+    Implementations: :mod:`lpft.vision.surgical`, :mod:`lpft.vision.regularizers`, :mod:`lpft.vision.averaging`.
+    """
+
+    name = "hook"
+
+    def setup(self, model: nn.Module) -> None:
+        """Once, with the initial (pretrained) model on its device, before BatchNorm is synchronised, the optimizer
+        and DDP are built and a checkpoint is loaded: freeze parameters (``requires_grad_(False)``), record
+        ``w0``. Keep parameter and module *names*: under torchrun the BatchNorm layers are replaced after it."""
+
+    def train_mode(self, model: nn.Module) -> None:
+        """After the model is put in training mode at the start of each epoch."""
+
+    def loss(self, model: nn.Module) -> torch.Tensor | None:
+        """An fp32 scalar added to the loss once per optimizer step (after the mean cross-entropy)."""
+        return None
+
+    def after_step(self, model: nn.Module) -> None:
+        """After every optimizer step (projections, moving averages)."""
+
+    def end_epoch(self, model: nn.Module, epoch: int) -> dict[str, Any] | None:
+        """After epoch ``epoch`` (1-based) is trained, before it is evaluated; returns extra history fields."""
+        return None
+
+    def final_model(self, model: nn.Module) -> nn.Module | None:
+        """A model that replaces the selected epoch as the run's result (weight averaging), or None."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -139,7 +183,8 @@ def _epoch_loader(train_set: Dataset, s: TrainSettings, epoch: int, device: torc
 
 def train(model: nn.Module, train_set: Dataset, val_set: Dataset, s: TrainSettings, *, device: torch.device,
           ckpt_dir: str | Path, resume: bool = False, progress: bool = True,
-          on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
+          on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+          hooks: Sequence[TrainHook] = ()) -> TrainResult:
     """Fine-tune every trainable parameter of ``model`` with cross-entropy and select an epoch.
 
     Args:
@@ -150,9 +195,12 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, s: TrainSettin
         ckpt_dir: directory of ``last.pt`` (every epoch) and ``best.pt`` (best ID-val epoch).
         resume: continue from ``ckpt_dir/last.pt`` (or its fallback); without it a checkpoint is an error.
         on_epoch_end: called on every rank with ``(epoch, history_row)`` after each epoch.
+        hooks: fine-tuning options (:class:`TrainHook`), called in this order.
     Returns:
         the selected state dict (on CPU), its epoch (1-based; 0 = the initial model when ``epochs == 0``),
-        its ID-val accuracy and the per-epoch history (train loss averaged over all ranks).
+        its ID-val accuracy and the per-epoch history (train loss averaged over all ranks). A hook's
+        :meth:`TrainHook.final_model` (an averaged model) replaces the selected epoch; it is saved in
+        ``averaged.pt`` and its ID-val accuracy is added to the last history row (``averaged_val_acc``).
     """
     if s.select_epoch not in ("best", "last"):
         raise ValueError(f"select_epoch must be 'best' or 'last', got {s.select_epoch!r}")
@@ -163,9 +211,17 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, s: TrainSettin
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
+    for h in hooks:  # before the BatchNorm conversion: a hook's copy of the model keeps plain BatchNorm
+        h.setup(model)
     if world > 1 and not s.freeze_bn:
+        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
         model = D.sync_batchnorm(model, device)
+        for n, p in model.named_parameters():  # the conversion builds new parameters
+            if n in frozen:
+                p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameter: every parameter of the model is frozen")
     opt = make_optimizer(params, optimizer=s.optimizer, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -179,6 +235,8 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, s: TrainSettin
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         start_epoch, history = int(ck["epoch"]), list(ck["history"])
+        for h in hooks:
+            h.load_state_dict(ck.get("hooks", {}).get(h.name, {}))
         best_epoch, best_val = int(ck["best_epoch"]), float(ck["best_val_acc"])
         if s.select_epoch == "best" and best_epoch == start_epoch:
             best_state = _cpu_state(model)
@@ -191,8 +249,8 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, s: TrainSettin
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    def evaluate() -> float:
-        logits, labels = predict(model, val_set, batch_size=s.eval_batch_size, device=device,
+    def evaluate(m: nn.Module = model) -> float:
+        logits, labels = predict(m, val_set, batch_size=s.eval_batch_size, device=device,
                                  num_workers=s.num_workers, progress=False, precision=s.precision)
         return accuracy(logits, labels, val_set)
 
@@ -210,7 +268,10 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, s: TrainSettin
         plan, loader = _epoch_loader(train_set, s, epoch, device)
         steps_per_epoch = len(plan)
         net.train(not s.freeze_bn)  # LP-FT: the whole network in eval mode (BatchNorm statistics frozen)
+        for h in hooks:
+            h.train_mode(model)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        extra_sum = torch.zeros((), dtype=torch.float64, device=device)
         count = 0
         batches = iter(loader)
         bar = tqdm(plan, desc=f"epoch {epoch + 1}/{s.epochs}", disable=not progress or rank != 0, leave=False)
@@ -231,7 +292,13 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, s: TrainSettin
                     with D.autocast(device, s.precision):
                         logits = net(x)
                     ce = F.cross_entropy(logits.float(), y, reduction="sum")
-                    (ce * weight).backward()
+                    loss = ce * weight
+                    if hooks and k == len(micros) - 1:  # once per step, inside the gradient all-reduce
+                        extra = _extra_loss(hooks, model)
+                        if extra is not None:
+                            loss = loss + extra
+                            extra_sum += extra.detach().double()
+                    loss.backward()
                 if idx:
                     loss_sum += ce.detach().double()
                     count += len(y)
@@ -240,25 +307,58 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, s: TrainSettin
             if s.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
             opt.step()
+            for h in hooks:
+                h.after_step(model)
         totals = D.all_reduce_sum([float(loss_sum), float(count)], device)
+        extra_row: dict[str, Any] = {}
+        for h in hooks:
+            extra_row.update(h.end_epoch(model, epoch + 1) or {})
         val_acc = evaluate()
         row = {"epoch": epoch + 1, "val_acc": val_acc, "train_loss": float(totals[0] / max(float(totals[1]), 1.0)),
                "lr": lr}
+        if float(extra_sum):  # the added loss terms, mean per step (the same on every rank)
+            extra_row["extra_loss"] = float(extra_sum) / steps_per_epoch
+        row.update(extra_row)
         history.append(row)
         if s.select_epoch == "last" or val_acc > best_val:
             best_val, best_epoch, best_state = val_acc, epoch + 1, _cpu_state(model)
             if rank == 0 and s.select_epoch == "best":
                 save_checkpoint({"model": best_state, "epoch": best_epoch, "val_acc": best_val}, best_path)
         if rank == 0:
-            save_checkpoint({"model": _cpu_state(model), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                             "history": history, "best_epoch": best_epoch, "best_val_acc": best_val}, last_path)
+            ck = {"model": _cpu_state(model), "optimizer": opt.state_dict(), "epoch": epoch + 1, "history": history,
+                  "best_epoch": best_epoch, "best_val_acc": best_val}
+            if hooks:
+                ck["hooks"] = {h.name: h.state_dict() for h in hooks}
+            save_checkpoint(ck, last_path)
         if progress and rank == 0:
             tqdm.write(f"epoch {epoch + 1}/{s.epochs}: train loss {row['train_loss']:.4f}, ID val acc {val_acc:.4f}")
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, row)
     if best_state is None:  # resumed after the last epoch
         best_state = _cpu_state(model) if s.select_epoch == "last" else _load_best(best_path, best_epoch)
-    return TrainResult(best_state=best_state, best_epoch=best_epoch, best_val_acc=best_val, history=history)
+    result = TrainResult(best_state=best_state, best_epoch=best_epoch, best_val_acc=best_val, history=history)
+    for h in hooks:
+        final = h.final_model(model)
+        if final is not None:  # e.g. the SWA / EMA average: the run's result instead of the selected epoch
+            result = _final_result(final, evaluate(final), history, ckpt_dir / "averaged.pt", h.name)
+    return result
+
+
+def _extra_loss(hooks: Sequence[TrainHook], model: nn.Module) -> torch.Tensor | None:
+    terms = [t for t in (h.loss(model) for h in hooks) if t is not None]
+    return torch.stack([t.float() for t in terms]).sum() if terms else None
+
+
+def _final_result(final: nn.Module, val_acc: float, history: list[dict[str, Any]], path: Path,
+                  source: str) -> TrainResult:
+    """A hook's model as the run's result: saved to ``path`` (rank 0), its ID-val accuracy in the last row."""
+    epoch = int(history[-1]["epoch"])
+    history[-1]["averaged_val_acc"] = val_acc
+    state = _cpu_state(final)
+    if D.is_main():
+        save_checkpoint({"model": state, "epoch": epoch, "val_acc": val_acc, "source": source}, path)
+    return TrainResult(best_state=state, best_epoch=epoch, best_val_acc=val_acc, history=history,
+                       selected_checkpoint=path.name)
 
 
 def _load_best(best_path: Path, best_epoch: int) -> dict[str, torch.Tensor]:
