@@ -43,6 +43,10 @@ class RunContext:
         cfg = self.cfg
         if cfg.method == "wiseft":
             extra.setdefault("wiseft_finetune", cfg.wiseft_finetune)
+        from lpft.vision.modifiers import modifiers_label
+
+        if (opts := modifiers_label(cfg)) is not None:
+            extra.setdefault("options", opts)
         return make_record(
             run_id=cfg.run_id, method=cfg.method, backbone=cfg.backbone, benchmark=cfg.benchmark,
             eval_split=split, shift=self.bench.splits[split], metric=metric, value=value, seed=cfg.seed,

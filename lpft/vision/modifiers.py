@@ -17,10 +17,18 @@ if TYPE_CHECKING:
     from lpft.vision.config import RunConfig
     from lpft.vision.context import RunContext
 
-__all__ = ["MODIFIER_KEYS", "build_hooks", "default_swa_start", "derive_modifiers", "validate_modifiers"]
+__all__ = ["MODIFIER_KEYS", "build_hooks", "default_swa_start", "derive_modifiers", "modifiers_label",
+           "validate_modifiers"]
 
 MODIFIER_KEYS = ("l2sp_alpha", "l2sp_beta", "train_blocks", "freeze_embed", "weight_average", "swa_start_epoch",
                  "ema_decay", "tpgm", "tpgm_frequency", "tpgm_steps", "tpgm_lr")
+
+
+def modifiers_label(cfg: "RunConfig") -> str | None:
+    """A short, stable label of the fine-tuning options a run uses (``None`` without any), e.g.
+    ``l2sp_alpha=0.01,weight_average=swa``: records carry it so tables never pool runs of different options."""
+    parts = [f"{k}={getattr(cfg, k)}" for k in MODIFIER_KEYS if getattr(cfg, k, None) not in (None, False)]
+    return ",".join(parts) or None
 
 
 def default_swa_start(epochs: int) -> int:

@@ -49,7 +49,7 @@ from lpft.vision.tablefmt import (  # noqa: F401
     format_markdown, format_table, summary_grid,
 )
 
-METHOD_ORDER = ("zeroshot", "lp", "ft", "lpft", "wiseft")
+METHOD_ORDER = ("zeroshot", "lp", "ft", "lpft", "wiseft", "soup")
 NO_LR_METHODS = ("lp", "zeroshot")
 SELECTIONS = ("heldout", "paper")
 WISEFT_FINETUNES = ("end_to_end", "linear")
@@ -125,6 +125,8 @@ class Series:
     bn_stats: str | None
     selection: str = "heldout"
     wiseft_finetune: str | None = None
+    soup_variant: str | None = None  # model soups (lpft.vision.soup): "uniform" | "greedy"
+    options: str | None = None  # fine-tuning options (lpft.vision.modifiers.modifiers_label): L2-SP, SWA, ...
     values: dict[tuple, dict[int, float]] = field(default_factory=lambda: defaultdict(dict))
     where: dict[tuple, str] = field(default_factory=dict)
     shifts: dict[str, str] = field(default_factory=dict)  # split -> "id" | "ood"
@@ -144,7 +146,8 @@ class Series:
     @property
     def label(self) -> str:
         """``method``, plus the WiSE-FT variant when it is the linear head, plus the BN statistics."""
-        out = self.method + (" (linear head)" if self.wiseft_finetune == "linear" else "")
+        out = self.method + (" (linear head)" if self.wiseft_finetune == "linear" else "") + (
+            f" ({self.soup_variant})" if self.soup_variant else "") + (f" [{self.options}]" if self.options else "")
         return out if self.bn_stats is None else f"{out} (BN {self.bn_stats})"
 
 
@@ -186,7 +189,8 @@ def build_series(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str], lis
         lr = r.get("lr")
         if r["method"] in NO_LR_METHODS:
             lr = None
-        key = (r["benchmark"], r["backbone"], r["method"], r.get("bn_stats"), *variant_of(r))
+        key = (r["benchmark"], r["backbone"], r["method"], r.get("bn_stats"), *variant_of(r),
+               r.get("variant") if r["method"] == "soup" else None, r.get("options"))
         s = fams.setdefault(key, Series(*key))
         alpha = None if r["alpha"] is None else float(r["alpha"])
         cell = (None if lr is None else float(lr), alpha, r["eval_split"])
@@ -211,7 +215,8 @@ def build_series(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str], lis
         groups[(s.benchmark, s.backbone)].append(s)
     for g in groups.values():
         g.sort(key=lambda s: (METHOD_ORDER.index(s.method) if s.method in METHOD_ORDER else 99, s.method,
-                              s.wiseft_finetune or "", s.bn_stats or "", s.selection))
+                              s.wiseft_finetune or "", s.soup_variant or "", s.options or "", s.bn_stats or "",
+                              s.selection))
     return dict(sorted(groups.items()))
 
 

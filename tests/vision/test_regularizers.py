@@ -217,3 +217,16 @@ def test_torchrun_with_every_option_gives_the_single_process_records(tmp_path):
         assert got.keys() == want.keys()
         for kk, v in want.items():  # accuracies exactly (1/160 apart); losses reduced over the ranks
             assert got[kk] == pytest.approx(v, rel=1e-4, abs=1e-9), (k, kk)
+
+
+def test_table_keeps_runs_with_other_options_apart(tmp_path):
+    """An L2-SP run and a plain run of the same method and lr are two rows, never one pooled cell."""
+    from lpft.vision.run import main
+    from lpft.vision.table import build_table
+
+    base = ["--backbone", "tiny_cnn", "--method", "ft", "--limit", "48", "--epochs", "1", "--quiet",
+            "--no-distortion", "--out", str(tmp_path)]
+    main([*base, "--run-id", "plain"])
+    main([*base, "--run-id", "l2sp", "--l2sp-alpha", "0.1"])
+    labels = sorted(r.label for r in build_table(tmp_path))
+    assert any("l2sp_alpha=0.1" in lab for lab in labels) and any("l2sp" not in lab for lab in labels), labels
