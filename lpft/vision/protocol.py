@@ -56,6 +56,8 @@ BACKBONE_FACTS: dict[str, _Facts] = {
                                  (0.08, 1.0), True),
     "tiny_cnn": _Facts("tiny", 32, (0.5,) * 3, (0.5,) * 3, InterpolationMode.BILINEAR, 32, (0.8, 1.0), False),
     "tiny_clip": dataclasses.replace(_CLIP, image_size=32, native_resize=32),
+    # the offline lab's backbone (lpft/vision/lab/backbone.py): the 8x8 values, identity normalisation, no crop
+    "digits_simclr": _Facts("tiny", 8, (0.0,) * 3, (1.0,) * 3, InterpolationMode.BOX, 8, None, False),
 }
 
 

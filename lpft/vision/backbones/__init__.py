@@ -37,6 +37,7 @@ from lpft.vision.backbones.clip import OPEN_CLIP_MIN_VERSION, ClipBackbone, chec
 from lpft.vision.backbones.resnet import load_moco_state_dict
 from lpft.vision.backbones.efficientnet import imagenet_classifier, map_efficientnet_pytorch_to_timm
 from lpft.vision.backbones.tiny import TinyCNN
+from lpft.vision.lab import backbone as _lab_backbone  # noqa: E402,F401  (registers digits_simclr)
 
 __all__ = [
     "BACKBONES",

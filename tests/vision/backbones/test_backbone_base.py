@@ -25,7 +25,7 @@ from lpft.vision.backbones import (
 FAMILY = {
     "clip_vit_b16": "clip", "clip_vit_b32": "clip", "clip_vit_l14": "clip", "clip_rn50": "clip",
     "resnet50": "resnet", "moco_v2_resnet50": "resnet", "mocotp_fmow_resnet50": "resnet",
-    "efficientnet_lite0": "efficientnet", "tiny_cnn": "tiny", "tiny_clip": "clip",
+    "efficientnet_lite0": "efficientnet", "tiny_cnn": "tiny", "tiny_clip": "clip", "digits_simclr": "tiny",
 }
 OFFLINE_BUILDABLE = ["tiny_cnn", "tiny_clip", "efficientnet_lite0"]
 NEEDS_DOWNLOAD = ["clip_vit_b16", "clip_vit_b32", "clip_vit_l14", "clip_rn50", "resnet50", "moco_v2_resnet50"]
