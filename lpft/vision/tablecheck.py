@@ -20,10 +20,15 @@ CELL_IGNORE = frozenset({"seed", "run_id"}) | BOOKKEEPING_FIELDS
 
 
 def _seedless(cfg: dict[str, Any]) -> dict[str, Any]:
-    # a randomly initialised backbone (tiny_cnn, ...) names its init seed in its weights id, which legitimately
-    # differs between the seeds of one cell
+    # A backbone initialised or pretrained per seed names that seed in its weights id, which legitimately differs
+    # between the seeds of one cell: a random init ("random:seed<s>:<digest>") and the offline lab's per-seed
+    # pretraining ("simclr:<setting>:seed<s>:<digests>"); the part before the seed must still agree.
     wid = cfg.get("backbone_weights_id")
-    return dict(cfg, backbone_weights_id="random") if isinstance(wid, str) and wid.startswith("random:") else cfg
+    if isinstance(wid, str) and wid.startswith("random:"):
+        return dict(cfg, backbone_weights_id="random")
+    if isinstance(wid, str) and f":seed{cfg.get('seed')}:" in wid:
+        return dict(cfg, backbone_weights_id=wid.split(f":seed{cfg.get('seed')}:")[0] + ":seed<run seed>")
+    return cfg
 
 
 def _leaves(diff: dict[str, tuple[Any, Any]], prefix: str = "") -> dict[str, tuple[Any, Any]]:

@@ -282,6 +282,20 @@ def test_seeds_of_one_cell_may_differ_only_in_seed_run_id_and_bookkeeping(tmp_pa
     assert not any("same-config" in n for n in row.notes)
 
 
+def test_per_seed_pretraining_is_one_cell_but_another_pretraining_setting_is_not(tmp_path):
+    """The offline lab pretrains per seed ("simclr:<setting>:seed<s>:..."): seeds pool; settings do not."""
+    from lpft.vision.rundir import RunConfigMismatch
+
+    _runs_with_configs(tmp_path / "a", {0: _cfg(0, backbone_weights_id="simclr:s2000-p0.2:seed0:aa:bb"),
+                                        1: _cfg(1, backbone_weights_id="simclr:s2000-p0.2:seed1:cc:dd")})
+    (row,) = build_table(tmp_path / "a")
+    assert row.cells["id_test"].agg.n == 2
+    _runs_with_configs(tmp_path / "b", {0: _cfg(0, backbone_weights_id="simclr:s2000-p0.2:seed0:aa:bb"),
+                                        1: _cfg(1, backbone_weights_id="simclr:s200-p0.2:seed1:cc:dd")})
+    with pytest.raises(RunConfigMismatch, match="backbone_weights_id"):
+        build_table(tmp_path / "b")
+
+
 def test_a_smoke_run_and_a_real_run_in_one_cell_are_refused(tmp_path):
     from lpft.vision.rundir import RunConfigMismatch
 
