@@ -2,7 +2,8 @@
 
 Protocol (Kumar et al. 2022, LP-FT, Sec. 4 and App. B):
 
-* only the selected model of each run counts (records with ``epoch`` null) and only ``acc`` records;
+* only the selected model of each run counts (records with ``epoch`` null); cells show ``acc`` (or, with
+  ``--metric``, ``ece`` / ``nll``), but accuracy alone selects;
 * each method's learning rate is chosen by the **mean ID validation accuracy over seeds** (``id_val``),
   never by an OOD split; WiSE-FT's by its fine-tuned endpoint (the largest alpha, normally 1), since
   the whole alpha curve comes from that one fine-tuned model (Wortsman et al. 2022, Sec. 3);
@@ -51,6 +52,7 @@ from lpft.vision.tablefmt import (  # noqa: F401
 
 METHOD_ORDER = ("zeroshot", "lp", "ft", "lpft", "wiseft", "soup")
 NO_LR_METHODS = ("lp", "zeroshot")
+METRICS = ("acc", "ece", "nll")  # what a table can show (lpft.vision.calibration writes ece and nll)
 SELECTIONS = ("heldout", "paper")
 WISEFT_FINETUNES = ("end_to_end", "linear")
 
@@ -128,6 +130,8 @@ class Series:
     soup_variant: str | None = None  # model soups (lpft.vision.soup): "uniform" | "greedy"
     options: str | None = None  # fine-tuning options (lpft.vision.modifiers.modifiers_label): L2-SP, SWA, ...
     values: dict[tuple, dict[int, float]] = field(default_factory=lambda: defaultdict(dict))
+    #: the shown metric's values when it is not accuracy (``ece``, ``nll``); accuracy still selects
+    shown: dict[tuple, dict[int, float]] | None = None
     where: dict[tuple, str] = field(default_factory=dict)
     shifts: dict[str, str] = field(default_factory=dict)  # split -> "id" | "ood"
     runs: dict[float | None, set[str]] = field(default_factory=lambda: defaultdict(set))  # lr -> run dirs
@@ -140,8 +144,10 @@ class Series:
     def alphas(self, lr: float | None) -> list[float | None]:
         return sorted({k[1] for k in self.values if k[0] == lr}, key=lambda v: (v is None, v or 0.0))
 
-    def seeds_of(self, lr, alpha, split) -> dict[int, float]:
-        return self.values.get((lr, alpha, split), {})
+    def seeds_of(self, lr, alpha, split, shown: bool = False) -> dict[int, float]:
+        """Per-seed accuracy (or, with ``shown``, the shown metric) of one cell."""
+        src = self.shown if shown and self.shown is not None else self.values
+        return src.get((lr, alpha, split), {})
 
     @property
     def label(self) -> str:
@@ -176,8 +182,19 @@ def check_cell_configs(series: Iterable[Series]) -> None:
             s.notes += [n for n in seen[key] if n not in s.notes]
 
 
-def build_series(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str], list[Series]]:
-    """Group final ``acc`` records by (benchmark, backbone) -> method families.
+def _family_key(r: dict[str, Any]) -> tuple:
+    return (r["benchmark"], r["backbone"], r["method"], r.get("bn_stats"), *variant_of(r),
+            r.get("variant") if r["method"] == "soup" else None, r.get("options"))
+
+
+def _cell_key(r: dict[str, Any]) -> tuple:
+    lr = None if r["method"] in NO_LR_METHODS else r.get("lr")
+    return (None if lr is None else float(lr), None if r["alpha"] is None else float(r["alpha"]), r["eval_split"])
+
+
+def build_series(records: Iterable[dict[str, Any]], metric: str = "acc") -> dict[tuple[str, str], list[Series]]:
+    """Group final ``acc`` records by (benchmark, backbone) -> method families; with ``metric`` ``ece`` or
+    ``nll`` the families also hold that metric (``Series.shown``), while accuracy still selects.
 
     Raises:
         RecordsError: a duplicated measurement, or a split tagged ``id`` in one run and ``ood`` in another.
@@ -185,15 +202,14 @@ def build_series(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str], lis
     """
     fams: dict[tuple, Series] = {}
     shifts: dict[tuple, str] = {}
+    records = list(records)
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     for r in final_records(records):
-        lr = r.get("lr")
-        if r["method"] in NO_LR_METHODS:
-            lr = None
-        key = (r["benchmark"], r["backbone"], r["method"], r.get("bn_stats"), *variant_of(r),
-               r.get("variant") if r["method"] == "soup" else None, r.get("options"))
+        key = _family_key(r)
         s = fams.setdefault(key, Series(*key))
-        alpha = None if r["alpha"] is None else float(r["alpha"])
-        cell = (None if lr is None else float(lr), alpha, r["eval_split"])
+        cell = _cell_key(r)
+        lr, alpha = cell[0], cell[1]
         if r["seed"] in s.values[cell]:
             raise RecordsError(
                 f"{r.get('_where')}: duplicate measurement of {r['method']} {r['benchmark']}/{r['backbone']} "
@@ -209,6 +225,12 @@ def build_series(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str], lis
         if shifts.setdefault(sk, r["shift"]) != r["shift"]:
             raise RecordsError(f"{r.get('_where')}: split {r['eval_split']} is tagged {r['shift']!r} here and "
                                f"{shifts[sk]!r} elsewhere")
+    if metric != "acc":
+        for s in fams.values():
+            s.shown = defaultdict(dict)
+        for r in final_records(records, metric):
+            if (s := fams.get(_family_key(r))) is not None:
+                s.shown[_cell_key(r)][r["seed"]] = r["value"]
     check_cell_configs(fams.values())
     groups: dict[tuple[str, str], list[Series]] = defaultdict(list)
     for s in fams.values():
@@ -271,9 +293,10 @@ def select_lr(s: Series) -> tuple[float | None, dict]:
 
 # ----------------------------------------------------------------------------------------------- rows
 def per_seed(s: Series, lr, alpha, split: str, oods: Sequence[str]) -> dict[int, float]:
+    """The shown metric per seed of one cell (``ood_avg``: the per-seed mean over the OOD splits)."""
     if split != "ood_avg":
-        return dict(s.seeds_of(lr, alpha, split))
-    per = [s.seeds_of(lr, alpha, o) for o in oods]
+        return dict(s.seeds_of(lr, alpha, split, shown=True))
+    per = [s.seeds_of(lr, alpha, o, shown=True) for o in oods]
     seeds = set.intersection(*(set(p) for p in per)) if per else set()
     return {seed: statistics.fmean(p[seed] for p in per) for seed in sorted(seeds)}
 
@@ -284,18 +307,25 @@ def columns(group: Sequence[Series]) -> list[str]:
     return ["id_test"] + oods + (["ood_avg"] if len(oods) >= 2 else [])
 
 
-def build_rows(groups: dict[tuple[str, str], list[Series]], oracle: bool = True) -> list[Row]:
+def build_rows(groups: dict[tuple[str, str], list[Series]], oracle: bool = True, metric: str = "acc") -> list[Row]:
     """Rows of the comparison table: one per method family (WiSE-FT: alpha 0.5 and the per-column oracle).
+
+    ``metric`` is what the cells show (``acc``, ``ece`` or ``nll``; published numbers only for ``acc``); the
+    learning rate is chosen by ID-val accuracy whatever is shown, and the oracle alpha is the best per column
+    (highest accuracy, lowest ECE / NLL).
 
     When the families of the whole table mix selection sets, every label carries its set (``[sel. paper]``)
     so that rows of different sets never share a label.
     """
     mixed = len({s.selection for g in groups.values() for s in g}) > 1
+    sign = 1.0 if metric == "acc" else -1.0  # higher accuracy is better, lower ECE / NLL
     rows = []
     for (bench, bb), group in groups.items():
         oods, cols = ood_splits(group), columns(group)
 
         def pub(s: Series, split, alpha=None):
+            if metric != "acc":
+                return None
             # linear-head WiSE-FT is WiSE-FT's LC variant: never compare it with the end-to-end numbers
             variant = "LC" if s.wiseft_finetune == "linear" else None
             return lookup(s.method, bb, bench, split, alpha=alpha, variant=variant)
@@ -307,7 +337,7 @@ def build_rows(groups: dict[tuple[str, str], list[Series]], oracle: bool = True)
 
             def row(label, alpha, cells):
                 return Row(bench, bb, s.method, label, s.bn_stats, lr, scores, alpha, cells, selection=s.selection,
-                           wiseft_finetune=s.wiseft_finetune, notes=notes)
+                           wiseft_finetune=s.wiseft_finetune, notes=notes, metric=metric)
 
             if s.method != "wiseft":
                 cells = {}
@@ -331,16 +361,16 @@ def build_rows(groups: dict[tuple[str, str], list[Series]], oracle: bool = True)
                         v = per_seed(s, lr, a, c, oods)
                         if v:
                             agg = aggregate(list(v.values()))
-                            if best is None or agg.mean > best[1].mean:
+                            if best is None or sign * agg.mean > sign * best[1].mean:
                                 best = (a, agg)
                     cells[c] = Cell(best and best[1], alpha=best and best[0], published=pub(s, c, "oracle"))
                 rows.append(row(f"{base} oracle α", "oracle", cells))
     return rows
 
 
-def build_table(root: str | os.PathLike) -> list[Row]:
+def build_table(root: str | os.PathLike, metric: str = "acc") -> list[Row]:
     """Read every ``records.jsonl`` under ``root`` and return the table rows (see the module docstring)."""
-    return build_rows(build_series(load_records(root)))
+    return build_rows(build_series(load_records(root), metric), metric=metric)
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -349,8 +379,11 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--runs", default="runs", help="directory holding <run_id>/records.jsonl (default runs/)")
     ap.add_argument("--format", default="markdown", choices=sorted(FORMATS))
     ap.add_argument("--out", default=None, help="also write the table to this file (atomically)")
+    ap.add_argument("--metric", default="acc", choices=METRICS,
+                    help="what the cells show: accuracy (default), expected calibration error (15 bins) or NLL; "
+                         "the learning rate is chosen by ID-val accuracy either way")
     args = ap.parse_args(argv)
-    text = format_table(build_table(args.runs), args.format)
+    text = format_table(build_table(args.runs, args.metric), args.format)
     if args.out:
         from lpft.vision.io import write_text_atomic
 

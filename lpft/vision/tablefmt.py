@@ -81,13 +81,22 @@ class Row:
     selection: str = "heldout"
     wiseft_finetune: str | None = None  # WiSE-FT rows only: "end_to_end" | "linear"
     notes: list[str] = field(default_factory=list)  # footnotes of the row's block
+    metric: str = "acc"  # what the cells hold: "acc" | "ece" | "nll"
 
 
-def pct(agg: Agg | None, with_n: int | None = None) -> str:
-    """``mean ± ci`` in percent, with ``(n=..)`` when the number of seeds differs from ``with_n``."""
+#: how each metric is shown: (scale, decimals, the footnote's name for it)
+METRIC_TEXT = {"acc": (100.0, 1, "accuracy in %"),
+               "ece": (100.0, 1, "expected calibration error in % (15 equal-width bins, top-1 confidence; lower is "
+                                 "better)"),
+               "nll": (1.0, 3, "negative log-likelihood in nats per example (lower is better)")}
+
+
+def pct(agg: Agg | None, with_n: int | None = None, metric: str = "acc") -> str:
+    """``mean ± ci`` in percent (NLL: in nats), with ``(n=..)`` when the number of seeds differs from ``with_n``."""
     if agg is None:
         return ""
-    s = f"{100 * agg.mean:.1f}" + (f" ± {100 * agg.ci:.1f}" if agg.ci is not None else "")
+    k, d, _ = METRIC_TEXT[metric]
+    s = f"{k * agg.mean:.{d}f}" + (f" ± {k * agg.ci:.{d}f}" if agg.ci is not None else "")
     if with_n is not None and agg.n != with_n:
         s += f" (n={agg.n})"
     return s
@@ -126,7 +135,7 @@ def _grid(rows: Sequence[Row], escape=lambda s: s) -> tuple[list[str], list[list
         line = [r.label, "" if r.lr is None else f"{r.lr:g}"] + ([r.selection] if mixed else [])
         for c in cols:
             cell = r.cells[c]
-            txt = pct(cell.agg, nmax)
+            txt = pct(cell.agg, nmax, rows[0].metric)
             if cell.alpha is not None and cell.agg is not None:
                 txt += f" @{cell.alpha:g}"
             line.append(txt)
@@ -137,7 +146,7 @@ def _grid(rows: Sequence[Row], escape=lambda s: s) -> tuple[list[str], list[list
                 if p is not None and citation(p) not in sources:
                     sources.append(citation(p))
         body.append([escape(x) for x in line])
-    notes = [f"accuracy in %, mean ± 1.645·std/√n over seeds (n={nmax} unless marked); learning rate chosen "
+    notes = [f"{METRIC_TEXT[rows[0].metric][2]}, mean ± 1.645·std/√n over seeds (n={nmax} unless marked); learning rate chosen "
              "by mean ID-val accuracy; oracle α: best α per column on that split (@α), not a fair selection"]
     notes += selection_notes(rows)
     for r in rows:
@@ -165,11 +174,11 @@ def summary_grid(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
                 (c for c in (r.cells if r else {}) if c != "id_test"), None)
             for col, acc in (("id_test", ids), (ood_col, oods)):
                 c = r.cells.get(col) if r is not None and col is not None else None
-                line.append(pct(c.agg) if c is not None else "")
+                line.append(pct(c.agg, metric=r.metric) if c is not None else "")
                 if c is not None and c.agg is not None:
                     acc.append(c.agg.mean)
-        n = len(groups)
-        line += [f"{100 * statistics.fmean(v):.1f}" if len(v) == n else "" for v in (ids, oods)]
+        n, (k, d, _) = len(groups), METRIC_TEXT[rows[0].metric]
+        line += [f"{k * statistics.fmean(v):.{d}f}" if len(v) == n else "" for v in (ids, oods)]
         body.append(line)
     return header, body
 
@@ -180,7 +189,7 @@ def format_markdown(rows: Sequence[Row]) -> str:
     parts = []
     if len(group_rows(rows)) > 1:
         header, body = summary_grid(rows)
-        parts.append("### summary (ID / OOD average, %)\n")
+        parts.append(f"### summary (ID / OOD average; {METRIC_TEXT[rows[0].metric][2]})\n")
         parts.append("| " + " | ".join(header) + " |")
         parts.append("|" + "|".join("---" for _ in header) + "|")
         parts += ["| " + " | ".join(b) + " |" for b in body]
@@ -224,7 +233,7 @@ def format_latex(rows: Sequence[Row]) -> str:
 
 CSV_FIELDS = ("benchmark", "backbone", "method", "label", "bn_stats", "selection", "wiseft_finetune", "lr",
               "alpha", "split", "mean_pct", "ci_pct", "n", "oracle_alpha", "published_pct", "published_ci_pct",
-              "diff_pct", "published_source")
+              "diff_pct", "published_source", "metric")
 
 
 def format_csv(rows: Sequence[Row]) -> str:
@@ -233,14 +242,15 @@ def format_csv(rows: Sequence[Row]) -> str:
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     w.writeheader()
     for r in rows:
+        k = METRIC_TEXT[r.metric][0]  # "_pct" columns: percent for acc / ece, nats for nll
         for split, c in r.cells.items():
             p = c.published
             w.writerow(dict(
                 benchmark=r.benchmark, backbone=r.backbone, method=r.method, label=r.label, bn_stats=r.bn_stats or "",
                 selection=r.selection, wiseft_finetune=r.wiseft_finetune or "",
                 lr="" if r.lr is None else repr(r.lr), alpha="" if r.alpha is None else r.alpha, split=split,
-                mean_pct="" if c.agg is None else 100 * c.agg.mean,
-                ci_pct="" if c.agg is None or c.agg.ci is None else 100 * c.agg.ci,
+                mean_pct="" if c.agg is None else k * c.agg.mean, metric=r.metric,
+                ci_pct="" if c.agg is None or c.agg.ci is None else k * c.agg.ci,
                 n="" if c.agg is None else c.agg.n, oracle_alpha="" if c.alpha is None else c.alpha,
                 published_pct="" if p is None else p["value"],
                 published_ci_pct="" if p is None or p.get("ci") is None else p["ci"],
