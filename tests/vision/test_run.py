@@ -264,7 +264,7 @@ def test_protocol_presets_resolve_to_the_papers_recipes():
                                                             "cosine_step")
     assert wise.alphas == [round(0.1 * i, 1) for i in range(11)]
     chosen = resolve_config(RunConfig(method="ft", protocol="wiseft"))
-    assert (chosen.optimizer, chosen.grad_clip, chosen.batch_size) == ("adamw", 1.0, 32)  # digits batch kept
+    assert (chosen.optimizer, chosen.grad_clip, chosen.batch_size) == ("adamw", 1.0, 64)  # the digits pair batch kept
     with pytest.raises(ValueError, match="does not train"):
         resolve_config(RunConfig(method="zeroshot", backbone="tiny_clip", protocol="wiseft"))
     lp_wise = resolve_config(RunConfig(method="lp", backbone="tiny_clip", protocol="wiseft"))

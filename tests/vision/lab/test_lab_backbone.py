@@ -99,3 +99,15 @@ def test_the_pair_preset_records_the_setting():
     assert cfg.pretrained == DEFAULT_TAG and prov["pretrained"] == f"pair:digits/{NAME}"
     assert cfg.augment is False and cfg.lp_train_augment is False and cfg.freeze_bn is True
     assert cfg.epochs == 30 and cfg.batch_size == 64
+
+
+def test_the_offline_default_is_the_lab_with_shipped_weights(monkeypatch):
+    """``python -m lpft.vision.run --method lpft`` with no other flags: digits on the lab backbone, the setting
+    whose 5-seed criterion holds (README, "The offline lab"), loaded from the shipped checkpoint (seed 0)."""
+    from lpft.vision.run import build_parser, config_from_args
+
+    cfg = resolve_config(config_from_args(build_parser().parse_args(["--method", "lpft"])))
+    assert (cfg.benchmark, cfg.backbone, cfg.pretrained, cfg.seed) == ("digits", NAME, DEFAULT_TAG, 0)
+    assert cfg.lr == 3e-3
+    monkeypatch.setattr(P, "_train", lambda *args, **kw: pytest.fail("the default run must not pretrain"))
+    assert (P.WEIGHTS_DIR / config_from_tag(cfg.pretrained, cfg.seed).filename).is_file()
