@@ -323,7 +323,8 @@ def summary_table(records: list[dict], title: str = "") -> str:
     label_w = 28
     lines.append("model".ljust(label_w) + "".join(h.rjust(max(len(h), 8) + 2) for h in heads))
     for (m, a, bn), vals in sorted(rows.items(), key=lambda kv: kv[0][0] != "lp"):
-        label = m + (f" alpha={a:g}" if a is not None else "") + (f" [{bn} BN]" if bn else "")
+        ends = {0.0: " (theta_0)", 1.0: " (theta_1)"}  # WiSE-FT's endpoints: the start and the fine-tuned model
+        label = m + (f" alpha={a:g}{ends.get(float(a), '')}" if a is not None else "") + (f" [{bn} BN]" if bn else "")
         lines.append(label.ljust(label_w) + "".join(
             (f"{100 * vals[s]:.2f}" if s in vals else "-").rjust(max(len(h), 8) + 2) for s, h in zip(splits, heads)))
     return "\n".join(lines)

@@ -279,3 +279,19 @@ def test_learning_rate_schedules():
     assert lr(schedule="cosine_step", step=39, epoch=3, warmup_steps=5) < 0.01
     with pytest.raises(ValueError, match="unknown schedule"):
         lr(schedule="step", step=0, epoch=0)
+
+
+def test_summary_table_shows_the_lp_stage_and_the_wiseft_endpoints():
+    from lpft.vision.records import make_record
+    from lpft.vision.run import summary_table
+
+    def r(method, split, v, **kw):
+        return make_record(run_id="x", method=method, backbone="b", benchmark="digits", eval_split=split,
+                           shift="id" if split.startswith("id") else "ood", metric="acc", value=v, seed=0, lr=1e-3,
+                           epoch=None, **kw)
+
+    lines = summary_table([r("lpft", "id_test", 0.99, stage="lp"), r("lpft", "id_test", 0.995),
+                           r("lpft", "typeset", 0.5), r("lpft", "typeset", 0.4, stage="lp")]).splitlines()
+    assert lines[1].split() == ["lp", "99.00", "40.00"] and lines[2].split() == ["lpft", "99.50", "50.00"]
+    text = summary_table([r("wiseft", "id_test", v, alpha=a) for a, v in ((0.0, 0.9), (0.5, 0.95), (1.0, 0.97))])
+    assert "wiseft alpha=0 (theta_0)" in text and "wiseft alpha=1 (theta_1)" in text and "alpha=0.5 " in text
