@@ -17,6 +17,8 @@ Protocols:
   cosine per step, gradient clipping at norm 1, 10 epochs, batch 512, fp32, the last epoch is theta_1, head
   initialised from the zero-shot classifier on L2-normalised CLIP features, CLIP's own preprocessing;
   interpolate over alpha in {0, 0.1, ..., 1}.
+* method ``flyp`` (Goyal et al. 2023) runs the WiSE-FT protocol with FLYP's recipe above it: no clipping, lr 1e-5,
+  the best ID-val epoch (docs/methods.md, "FLYP"; citations: :data:`lpft.vision.configrules.FLYP_SOURCES`).
 
 ``batch_size`` is always the **global** batch: under ``torchrun`` with N ranks and ``grad_accum`` K, every
 rank processes ``batch_size / (N * K)`` images per micro-step.
@@ -26,13 +28,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from lpft.vision.configrules import FLYP_RECIPE, default_run_id, derive_method_rules, validate_method_rules  # noqa
 from lpft.vision.modifiers import derive_modifiers, validate_modifiers
 
-METHODS = ("lp", "ft", "lpft", "wiseft", "zeroshot")
-FINETUNE_METHODS = ("ft", "lpft", "wiseft")
+METHODS = ("lp", "ft", "lpft", "wiseft", "zeroshot", "flyp")
+FINETUNE_METHODS = ("ft", "lpft", "wiseft", "flyp")
 OPTIMIZERS = ("sgd", "adamw")
 CHOICES: dict[str, tuple] = {
     "precision": ("fp32", "bf16"),
@@ -112,6 +114,8 @@ class RunConfig:
     alphas: list[float] | None = None
     wiseft_finetune: str = "end_to_end"  # or "linear": fine-tune only the zero-shot head (the LC variant)
     wiseft_recompute_bn: bool = True
+    wiseft_from: str | None = None  # WiSE-FT of this finished run (lpft.vision.wiseft_from); nothing trains
+    wiseft_source: dict[str, Any] | None = None  # filled from --wiseft-from: run dir, run id, config hash, method
 
     # options of end-to-end fine-tuning (ft, lpft, WiSE-FT's theta_1; docs/methods.md); None = off
     l2sp_alpha: float | None = None  # L2-SP: + alpha/2 ||w - w0||^2 over the backbone (Li et al. 2018)
@@ -125,6 +129,10 @@ class RunConfig:
     tpgm_frequency: int | None = None  # epochs between radius updates (derived: 1)
     tpgm_steps: int | None = None  # radius steps per update (derived: 200)
     tpgm_lr: float | None = None  # Adam learning rate of the radii (derived: 1e-2)
+    lora_rank: int | None = None  # LoRA through peft (Hu et al. 2022; lpft.vision.adapters); derived: 8
+    lora_alpha: float | None = None  # LoRA scale: the update is alpha/r B A (derived: = lora_rank)
+    lora_targets: str | None = None  # LoRA targets: default | conv | linear | module names (derived: default)
+    ssf: bool | None = None  # SSF: per-channel scale & shift, frozen backbone (Lian et al. 2022; lpft.vision.ssf)
 
     # zero-shot
     templates: str | None = None  # "imagenet" (80 OpenAI templates) | "benchmark" | "simple"
@@ -172,7 +180,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "ft": dict(lr=1e-3, freeze_bn=False),
     "lpft": dict(lr=1e-4, freeze_bn=True, lp_train_augment=True),
     "wiseft": dict(lr=1e-4, freeze_bn=False, lp_train_augment=True, alphas=[round(0.1 * i, 1) for i in range(11)]),
-    "zeroshot": dict(),
+    "zeroshot": dict(), "flyp": dict(freeze_bn=False),
 }
 
 # --- presets: benchmark, backbone, then (benchmark, backbone) ------------------------------------------
@@ -189,7 +197,7 @@ BENCHMARK_PRESETS: dict[str, dict[str, Any]] = {
     # ImageNet LP (and the LP-FT head): the release's torch SGD linear probe, 5 epochs, lr grid 0.01/0.03/0.1
     "imagenet": dict(backbone="clip_vit_b16", epochs=10, batch_size={"ft": 128, "lpft": 128, "lp": 128},
                      templates="imagenet", lr={"ft": 1e-4, "lpft": 1e-5}, lp_solver={"lp": "sgd", "lpft": "sgd"},
-                     lp_sgd_lrs=[0.01, 0.03, 0.1], lp_sgd_epochs=5),
+                     lp_sgd_lrs=[0.01, 0.03, 0.1], lp_sgd_epochs=5, select_epoch={"flyp": "last"}),
 }
 # Test backbones run every benchmark at their native 32 px.
 BACKBONE_PRESETS: dict[str, dict[str, Any]] = {
@@ -214,11 +222,15 @@ PAIR_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("digits", "digits_simclr"): dict(pretrained="s2000-p0.2", augment=False, lp_train_augment=False, batch_size=64,
                                       epochs=30, lr={"ft": 3e-2, "lpft": 3e-3, "wiseft": 1e-3}),
     ("digits", "tiny_clip"): dict(image_size=32, augment=False, lp_train_augment=False, batch_size=32,
-                                  epochs=2, lr={"ft": 1e-3, "lpft": 1e-4, "wiseft": 1e-4}, lp_num_cs=10),
+                                  epochs=2, lr={"ft": 1e-3, "lpft": 1e-4, "wiseft": 1e-4, "flyp": 1e-4},
+                                  lp_num_cs=10, warmup_steps={"flyp": 0}),  # a 2-epoch smoke run has no warm-up
     # WiSE-FT protocol for CLIP on ImageNet (Wortsman et al. 2022, Sec. 3; docs/protocols.md).
-    ("imagenet", "clip_vit_b16"): dict(lr={"ft": 1e-4, "lpft": 1e-5, "wiseft": 3e-5}),
+    ("imagenet", "clip_vit_b16"): dict(lr={"ft": 1e-4, "lpft": 1e-5, "wiseft": 3e-5, "flyp": 1e-5}),
     ("imagenet", "clip_vit_b32"): dict(lr={"ft": 1e-4, "lpft": 1e-5, "wiseft": 3e-5}),
     ("imagenet", "clip_vit_l14"): dict(lr={"ft": 1e-4, "lpft": 1e-5, "wiseft": 3e-5}),
+    # FLYP's FMoW command (locuslab/FLYP README.md:54; its FMoW split is not lpft's, docs/methods.md "FLYP")
+    ("fmow", "clip_vit_b16"): dict(lr={"flyp": 1e-5}, weight_decay={"flyp": 0.2}, batch_size={"flyp": 256},
+                                   epochs={"flyp": 20}),
 }
 
 
@@ -231,8 +243,8 @@ def _choose_protocol(cfg: RunConfig) -> str | None:
         return cfg.protocol
     if cfg.method == "zeroshot":
         return None
-    # WiSE-FT's own protocol for zero-shot CLIP models; LP-FT's everywhere else
-    return "wiseft" if cfg.method == "wiseft" and is_clip_name(cfg.backbone) else "lpft"
+    # WiSE-FT's own protocol for zero-shot CLIP models (FLYP's recipe builds on it); LP-FT's everywhere else
+    return "wiseft" if cfg.method in ("wiseft", "flyp") and is_clip_name(cfg.backbone) else "lpft"
 
 
 def resolve_config(cfg: RunConfig, provenance: dict[str, str] | None = None) -> RunConfig:
@@ -264,6 +276,8 @@ def resolve_config(cfg: RunConfig, provenance: dict[str, str] | None = None) -> 
         layers.append((f"backbone:{cfg.backbone}", BACKBONE_PRESETS[cfg.backbone]))
     if bench_p:
         layers.append((f"benchmark:{cfg.benchmark}", bench_p))
+    if cfg.method == "flyp" and prov.get("protocol") != "given":
+        layers.append(("recipe:flyp", FLYP_RECIPE))
     if protocol is not None:
         proto = PROTOCOLS[protocol] if cfg.method in FINETUNE_METHODS else PROTOCOL_COMMON[protocol]
         if prov.get("protocol") == "given":
@@ -324,7 +338,7 @@ def _derive(cfg: RunConfig, prov: dict[str, str], layer_names: list[str]) -> Non
     if cfg.lp_solver == "sgd":
         put("lp_sgd_lrs", [0.01, 0.03, 0.1])
         put("lp_sgd_epochs", 5)
-    elif cfg.method in ("zeroshot", "ft") or (cfg.method == "wiseft" and is_clip_name(cfg.backbone)):
+    elif cfg.method in ("zeroshot", "ft", "flyp") or (cfg.method == "wiseft" and is_clip_name(cfg.backbone)):
         for k in ("lp_sgd_lrs", "lp_sgd_epochs", "lp_num_cs", "lp_train_augment"):
             if prov.get(k) != "given":  # no linear probe in these methods
                 setattr(cfg, k, None)
@@ -341,6 +355,7 @@ def _derive(cfg: RunConfig, prov: dict[str, str], layer_names: list[str]) -> Non
             if k not in keep and (prov.get(k) != "given" or k == "lr"):
                 setattr(cfg, k, None)
                 prov.pop(k, None)
+    derive_method_rules(cfg, prov, put)
 
 
 def _validate(cfg: RunConfig) -> None:
@@ -377,15 +392,5 @@ def _validate(cfg: RunConfig) -> None:
         raise ValueError("--wiseft-finetune linear needs a CLIP backbone (theta_0 = zero-shot head); for "
                          f"{cfg.backbone!r} theta_0 is already the linear probe")
     validate_modifiers(cfg)
+    validate_method_rules(cfg)
 
-
-def default_run_id(cfg: RunConfig) -> str:
-    """``{benchmark}-{backbone}-{method}[-lc]-lr{lr}-seed{seed}`` (``-lc``: WiSE-FT's linear-classifier variant;
-    the ``folder`` benchmark is named ``folder_<dataset folder name>``)."""
-    lr = "na" if cfg.lr is None else f"{cfg.lr:g}"
-    variant = "-lc" if cfg.method == "wiseft" and cfg.wiseft_finetune == "linear" else ""
-    bench = cfg.benchmark
-    if bench == "folder" and cfg.data_root:  # the user's dataset is named by its folder
-        name = "".join(c if c.isalnum() or c in "._" else "_" for c in Path(cfg.data_root).resolve().name)
-        bench = f"folder_{name}"
-    return f"{bench}-{cfg.backbone}-{cfg.method}{variant}-lr{lr}-seed{cfg.seed}"

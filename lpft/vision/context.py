@@ -214,24 +214,47 @@ def zeroshot_weights(ctx: RunContext):
 def finetune(ctx: RunContext, model: nn.Module, subdir: str = "ckpt") -> nn.Module:
     """Run the engine, load the selected epoch into ``model`` and write the training history.
 
-    The config's fine-tuning options (L2-SP, TPGM, freezing, SWA / EMA; docs/methods.md) run as engine hooks
-    (:func:`lpft.vision.modifiers.build_hooks`); with weight averaging the averaged model is the result.
+    The config's fine-tuning options (L2-SP, TPGM, freezing, SWA / EMA, LoRA, SSF; docs/methods.md) run as engine
+    hooks (:func:`lpft.vision.modifiers.build_hooks`); with weight averaging the averaged model is the result.
+    A hook with a ``merge`` method (LoRA, SSF) then merges its adapters into the weights: the returned model has the
+    original architecture and parameter names, and its state is ``<subdir>/merged.pt``, the checkpoint
+    ``history.json`` selects. The head fine-tuning starts from is saved as ``init_head.pt`` (``weight``, ``bias``;
+    theta_0's head for ``--wiseft-from``), written again identically by a resumed run.
     """
     from lpft.vision.modifiers import build_hooks
+    from lpft.vision.rundir import save_checkpoint
     from lpft.vision.tboard import EpochLogger
 
+    hooks = build_hooks(ctx)
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Linear):
+        ctx.save_torch("init_head.pt", {"weight": head.weight.detach().cpu().clone(),
+                                        "bias": head.bias.detach().cpu().clone()})
     with EpochLogger(ctx.run_dir / "tensorboard" if D.is_main() else None) as log:
         res = engine.train(model, ctx.train_set, ctx.eval_sets["id_val"], ctx.settings(), device=ctx.device,
                            ckpt_dir=ctx.run_dir / subdir, resume=ctx.cfg.resume, progress=ctx.progress,
-                           on_epoch_end=log, hooks=build_hooks(ctx))
+                           on_epoch_end=log, hooks=hooks)
     model.load_state_dict(res.best_state)
     ctx.notes["best_epoch"] = res.best_epoch
     ctx.notes["history"] = res.history
     selected = res.selected_checkpoint or (
         "best.pt" if ctx.cfg.select_epoch == "best" and res.best_epoch > 0 else "last.pt")
+    extra: dict[str, Any] = {}
+    mergers = [h for h in hooks if hasattr(h, "merge")]
+    for h in mergers:
+        model = h.merge(model)
+    if mergers:  # the merged model is the run's model: export, soups and --wiseft-from read merged.pt
+        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if D.is_main():
+            save_checkpoint({"model": state, "epoch": res.best_epoch, "val_acc": res.best_val_acc,
+                             "source": "+".join(h.name for h in mergers), "merged_from": f"{subdir}/{selected}"},
+                            ctx.run_dir / subdir / "merged.pt")
+        extra = {"merged_from": f"{subdir}/{selected}",
+                 "adapters": {h.name: h.summary() for h in mergers if hasattr(h, "summary")}}
+        selected = "merged.pt"
     ctx.write_json("history.json", {"best_epoch": res.best_epoch, "select_epoch": ctx.cfg.select_epoch,
                                     "selected_checkpoint": f"{subdir}/{selected}" if res.best_epoch > 0 else None,
-                                    "history": res.history})
+                                    **extra, "history": res.history})
     return model
 
 

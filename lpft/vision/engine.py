@@ -1,8 +1,9 @@
 """The training engine: seeded, resumable fine-tuning with per-epoch checkpoints and model selection.
 
-One loop serves FT, LP-FT and the fine-tuning stage of WiSE-FT; the differences are the config
-(optimiser, schedule, learning rate, which epoch is kept) and whether the network trains in eval mode
-(LP-FT keeps the whole network in eval mode, so BatchNorm statistics stay frozen; docs/protocols.md).
+One loop serves FT, LP-FT, the fine-tuning stage of WiSE-FT and FLYP; the differences are the config
+(optimiser, schedule, learning rate, which epoch is kept), whether the network trains in eval mode
+(LP-FT keeps the whole network in eval mode, so BatchNorm statistics stay frozen; docs/protocols.md) and the
+loss (cross-entropy, or a ``criterion`` such as FLYP's contrastive loss).
 
 Guarantees:
 
@@ -39,6 +40,7 @@ from torch.utils.data import Dataset
 from lpft.vision.progress import tqdm
 
 from lpft.vision import distributed as D
+from lpft.vision.bestckpt import load_best_state as _load_best
 from lpft.vision.features import extract_features
 from lpft.vision.interpolate import interpolate_state_dicts, recompute_batchnorm  # noqa: F401 (public API)
 from lpft.vision.rundir import load_checkpoint, prev_checkpoint_path, save_checkpoint
@@ -184,8 +186,8 @@ def _epoch_loader(train_set: Dataset, s: TrainSettings, epoch: int, device: torc
 def train(model: nn.Module, train_set: Dataset, val_set: Dataset, s: TrainSettings, *, device: torch.device,
           ckpt_dir: str | Path, resume: bool = False, progress: bool = True,
           on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
-          hooks: Sequence[TrainHook] = ()) -> TrainResult:
-    """Fine-tune every trainable parameter of ``model`` with cross-entropy and select an epoch.
+          hooks: Sequence[TrainHook] = (), criterion: Callable[..., torch.Tensor] | None = None) -> TrainResult:
+    """Fine-tune every trainable parameter of ``model`` with cross-entropy (or ``criterion``) and select an epoch.
 
     Args:
         model: a classifier (backbone + head) mapping images to logits.
@@ -196,6 +198,13 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, s: TrainSettin
         resume: continue from ``ckpt_dir/last.pt`` (or its fallback); without it a checkpoint is an error.
         on_epoch_end: called on every rank with ``(epoch, history_row)`` after each epoch.
         hooks: fine-tuning options (:class:`TrainHook`), called in this order.
+        criterion: replaces the cross-entropy of ``net(x)``: ``criterion(net, x, y, real=bool) -> loss`` summed
+            over the micro-batch (the engine scales it like the cross-entropy), called inside the precision's
+            autocast with ``net`` the module that trains (DDP-wrapped under torchrun) on every rank for every
+            micro-batch; ``real=False`` marks a placeholder micro-batch of a rank that has no image of a final
+            global batch (its loss is weighted 0, and it must add nothing to other ranks' losses). If it has
+            ``set_epoch(epoch)`` (0-based), that is called at the start of every epoch, before its batches are
+            drawn. ``val_set`` is still scored by ``model(x)`` logits. Used by FLYP (:mod:`lpft.vision.flyp`).
     Returns:
         the selected state dict (on CPU), its epoch (1-based; 0 = the initial model when ``epochs == 0``),
         its ID-val accuracy and the per-epoch history (train loss averaged over all ranks). A hook's
@@ -265,6 +274,8 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, s: TrainSettin
     check_every = 1 if device.type == "cpu" else 25  # a host sync per check
     for epoch in range(start_epoch, s.epochs):
         torch.manual_seed(_epoch_seed(s.seed, epoch, rank))
+        if criterion is not None and hasattr(criterion, "set_epoch"):
+            criterion.set_epoch(epoch)
         plan, loader = _epoch_loader(train_set, s, epoch, device)
         steps_per_epoch = len(plan)
         net.train(not s.freeze_bn)  # LP-FT: the whole network in eval mode (BatchNorm statistics frozen)
@@ -289,9 +300,13 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset, s: TrainSettin
                 weight = float(world) / global_n if idx else 0.0
                 sync = nullcontext() if (world == 1 or k == len(micros) - 1) else net.no_sync()
                 with sync:
-                    with D.autocast(device, s.precision):
-                        logits = net(x)
-                    ce = F.cross_entropy(logits.float(), y, reduction="sum")
+                    if criterion is None:
+                        with D.autocast(device, s.precision):
+                            logits = net(x)
+                        ce = F.cross_entropy(logits.float(), y, reduction="sum")
+                    else:
+                        with D.autocast(device, s.precision):
+                            ce = criterion(net, x, y, real=bool(idx)).float()
                     loss = ce * weight
                     if hooks and k == len(micros) - 1:  # once per step, inside the gradient all-reduce
                         extra = _extra_loss(hooks, model)
@@ -359,23 +374,6 @@ def _final_result(final: nn.Module, val_acc: float, history: list[dict[str, Any]
         save_checkpoint({"model": state, "epoch": epoch, "val_acc": val_acc, "source": source}, path)
     return TrainResult(best_state=state, best_epoch=epoch, best_val_acc=val_acc, history=history,
                        selected_checkpoint=path.name)
-
-
-def _load_best(best_path: Path, best_epoch: int) -> dict[str, torch.Tensor]:
-    """The best epoch's state: ``best.pt``, or its previous version when a crash left ``best.pt`` one epoch
-    ahead of the ``last.pt`` the run resumes from."""
-    from lpft.vision.rundir import CorruptCheckpointError
-
-    for path in (best_path, prev_checkpoint_path(best_path)):
-        if path.exists():
-            try:
-                ck = load_checkpoint(path, fallback=False)
-            except CorruptCheckpointError:
-                continue
-            if int(ck["epoch"]) == best_epoch:
-                return ck["model"]
-    raise CorruptCheckpointError(f"no checkpoint of the best epoch {best_epoch} in {best_path} or its previous "
-                                 f"version; remove {best_path.parent} to restart the run")
 
 
 def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int, lr: float, ckpt_dir: Path) -> None:

@@ -1,4 +1,6 @@
-"""The five methods, registered by name: ``lp``, ``ft``, ``lpft``, ``wiseft``, ``zeroshot``.
+"""The methods, registered by name: ``lp``, ``ft``, ``lpft``, ``wiseft``, ``zeroshot``, and FLYP (``flyp``,
+:mod:`lpft.vision.flyp`). ``wiseft`` with ``--wiseft-from RUN`` is WiSE-FT of a finished run
+(:mod:`lpft.vision.wiseft_from`).
 
 Each method is a function ``(ctx: RunContext) -> list[record]`` built from the shared pieces of
 :mod:`lpft.vision.context`: cached feature extraction, the LP solve, the fine-tuning engine, and evaluation on
@@ -18,11 +20,13 @@ from lpft.vision import engine
 from lpft.vision.context import (RunContext, distortion_records, evaluate_head, evaluate_model, features,
                                  finetune, fit_linear_probe, history_records, new_classifier, probe_extra,
                                  zeroshot_weights)
+from lpft.vision.flyp import run_flyp
 from lpft.vision.registry import Registry
 
-__all__ = ["METHODS", "RunContext"]
+__all__ = ["METHODS", "RunContext", "evaluate_alphas"]
 
 METHODS: Registry[Callable[[RunContext], list]] = Registry("method")
+METHODS.register("flyp")(run_flyp)
 
 
 @METHODS.register("lp")
@@ -91,11 +95,14 @@ def run_wiseft(ctx: RunContext) -> list[dict]:
     features (``linear``, WiSE-FT's LC variant; then only the head differs and every alpha comes from one pass
     over cached features). Under the WiSE-FT protocol theta_1 is the last epoch. With BatchNorm backbones each
     alpha is reported twice: interpolated running statistics, and statistics re-estimated on ID training
-    images (``bn_stats``).
+    images (``bn_stats``). With ``--wiseft-from RUN`` both endpoints come from that finished run instead
+    (:mod:`lpft.vision.wiseft_from`).
     """
-    from lpft.vision.backbones import has_batchnorm
-
     cfg = ctx.cfg
+    if cfg.wiseft_from is not None:  # WiSE-FT of another finished run: nothing trains
+        from lpft.vision.wiseft_from import run_wiseft_from
+
+        return run_wiseft_from(ctx)
     if getattr(ctx.backbone, "is_clip", False):
         w0, b0 = zeroshot_weights(ctx)
         ctx.notes["theta0"] = "zeroshot"
@@ -115,20 +122,48 @@ def run_wiseft(ctx: RunContext) -> list[dict]:
     else:
         model1 = finetune(ctx, new_classifier(ctx, w0, b0))
     theta1 = {k: v.detach().cpu().clone() for k, v in model1.state_dict().items()}
+    records = evaluate_alphas(ctx, model1, theta0, theta1)
+    if cfg.distortion and not only_head(theta0, theta1):
+        model1.load_state_dict(theta1)
+        records += distortion_records(ctx, model1)
+    return records + history_records(ctx)
 
+
+def only_head(theta0: dict[str, torch.Tensor], theta1: dict[str, torch.Tensor]) -> bool:
+    """Whether two Classifier state dicts differ in the linear head alone (then cached features serve every
+    alpha); False for models without a ``head`` (FLYP)."""
     head_keys = {"head.weight", "head.bias"}
-    only_head = all(torch.equal(theta0[k], theta1[k]) for k in theta0 if k not in head_keys)
+    return head_keys <= set(theta0) and all(torch.equal(theta0[k], theta1[k]) for k in theta0 if k not in head_keys)
+
+
+def evaluate_alphas(ctx: RunContext, model: torch.nn.Module, theta0: dict[str, torch.Tensor],
+                    theta1: dict[str, torch.Tensor], **extra) -> list[dict]:
+    """Records of ``(1 - alpha) theta0 + alpha theta1`` for every alpha of the config (WiSE-FT's evaluation).
+
+    Args:
+        ctx: the run.
+        model: a module whose state dict ``theta0`` and ``theta1`` are (it is overwritten; it ends at the last
+            alpha): a Classifier, or a :class:`~lpft.vision.flyp.FlypModel`.
+        theta0 / theta1: the endpoints (CPU state dicts with the same keys).
+        extra: record fields added to every record (``wiseft_source`` for ``--wiseft-from``).
+
+    Returns:
+        Per alpha, accuracy / ECE / NLL on every split. When only the head differs, from one pass over cached
+        features. With BatchNorm, each alpha twice: interpolated running statistics, and statistics re-estimated
+        on ID training images (``bn_stats``; the endpoints are reported as they are).
+    """
+    from lpft.vision.backbones import has_batchnorm
+
+    cfg = ctx.cfg
     records: list[dict] = []
     alphas = list(cfg.alphas)
-    if only_head:
+    if only_head(theta0, theta1):
         for a in tqdm(alphas, desc="WiSE-FT alphas (cached features)", disable=not ctx.progress or not D.is_main()):
             th = engine.interpolate_state_dicts(theta0, theta1, a)
-            records += evaluate_head(ctx, th["head.weight"], th["head.bias"], alpha=a)
-        return records + history_records(ctx)
-
-    bn = has_batchnorm(model1)
+            records += evaluate_head(ctx, th["head.weight"], th["head.bias"], alpha=a, **extra)
+        return records
+    bn = has_batchnorm(model)
     variants = ["interpolated", "recomputed"] if (bn and cfg.wiseft_recompute_bn) else ["interpolated"]
-    model = model1
     for a in tqdm(alphas, desc="WiSE-FT alphas", disable=not ctx.progress or not D.is_main()):
         th = engine.interpolate_state_dicts(theta0, theta1, a)
         for v in variants:
@@ -137,8 +172,5 @@ def run_wiseft(ctx: RunContext) -> list[dict]:
                 engine.recompute_batchnorm(model, ctx.train_set_eval, batch_size=cfg.eval_batch_size,
                                            device=ctx.device, num_workers=cfg.num_workers, seed=cfg.seed,
                                            progress=ctx.progress and D.is_main(), precision=cfg.precision)
-            records += evaluate_model(ctx, model, desc=f"a={a:g} ", alpha=a, bn_stats=v if bn else None)
-    if cfg.distortion:
-        model.load_state_dict(theta1)
-        records += distortion_records(ctx, model)
-    return records + history_records(ctx)
+            records += evaluate_model(ctx, model, desc=f"a={a:g} ", alpha=a, bn_stats=v if bn else None, **extra)
+    return records

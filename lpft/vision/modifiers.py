@@ -1,9 +1,10 @@
 """The options of end-to-end fine-tuning: their config rules and the engine hooks they build (docs/methods.md).
 
 L2-SP (:mod:`lpft.vision.regularizers`), TPGM (the same), freeze-embed / surgical fine-tuning
-(:mod:`lpft.vision.surgical`) and SWA / EMA (:mod:`lpft.vision.averaging`) modify FT, LP-FT and WiSE-FT's
-end-to-end fine-tuning stage. They are :class:`~lpft.vision.config.RunConfig` fields (``None`` = off, so a
-``config.json`` written before they existed still matches) and reach :func:`lpft.vision.engine.train` as
+(:mod:`lpft.vision.surgical`), SWA / EMA (:mod:`lpft.vision.averaging`), LoRA (:mod:`lpft.vision.adapters`) and
+SSF (:mod:`lpft.vision.ssf`) modify FT, LP-FT and WiSE-FT's end-to-end fine-tuning stage. They are
+:class:`~lpft.vision.config.RunConfig` fields (``None`` = off, so a ``config.json`` written before they existed
+still matches) and reach :func:`lpft.vision.engine.train` as
 :class:`~lpft.vision.engine.TrainHook` objects built by :func:`build_hooks`. This module imports no torch at
 import time (``lpft.vision.config`` imports it).
 """
@@ -21,7 +22,9 @@ __all__ = ["MODIFIER_KEYS", "build_hooks", "default_swa_start", "derive_modifier
            "validate_modifiers"]
 
 MODIFIER_KEYS = ("l2sp_alpha", "l2sp_beta", "train_blocks", "freeze_embed", "weight_average", "swa_start_epoch",
-                 "ema_decay", "tpgm", "tpgm_frequency", "tpgm_steps", "tpgm_lr")
+                 "ema_decay", "tpgm", "tpgm_frequency", "tpgm_steps", "tpgm_lr", "lora_rank", "lora_alpha",
+                 "lora_targets", "ssf")
+LORA_KEYS = ("lora_rank", "lora_alpha", "lora_targets")
 
 
 def modifiers_label(cfg: "RunConfig") -> str | None:
@@ -39,7 +42,7 @@ def default_swa_start(epochs: int) -> int:
 def derive_modifiers(cfg: "RunConfig", prov: dict[str, str], put: Callable[[str, Any], None]) -> None:
     """Fill the defaults of the options that are on (``put`` sets a ``None`` field, marked ``derived``)."""
     # "off" is None, so that configs written before these options existed compare equal
-    for k in ("freeze_embed", "tpgm"):
+    for k in ("freeze_embed", "tpgm", "ssf"):
         if not getattr(cfg, k):
             setattr(cfg, k, None)
             prov.pop(k, None)
@@ -54,6 +57,13 @@ def derive_modifiers(cfg: "RunConfig", prov: dict[str, str], put: Callable[[str,
         put("tpgm_frequency", 1)
         put("tpgm_steps", 200)  # the official TPGM code's ImageNet default (docs/methods.md)
         put("tpgm_lr", 1e-2)
+    if any(getattr(cfg, k) is not None for k in LORA_KEYS):
+        from lpft.vision.adapters import DEFAULT_LORA_RANK
+
+        put("lora_rank", DEFAULT_LORA_RANK)  # peft's default; Hu et al. 2022, App. D (docs/methods.md)
+        if isinstance(cfg.lora_rank, int):
+            put("lora_alpha", float(cfg.lora_rank))  # alpha = r (Hu et al. 2022, Sec. 4.1)
+        put("lora_targets", "default")
 
 
 def validate_modifiers(cfg: "RunConfig") -> None:
@@ -83,13 +93,53 @@ def validate_modifiers(cfg: "RunConfig") -> None:
             raise ValueError(f"--{k.replace('_', '-')} must be {what}, got {v}")
     if cfg.train_blocks is not None and not any(t.strip().lstrip("-").strip() for t in cfg.train_blocks.split(",")):
         raise ValueError(f"--train-blocks names nothing: {cfg.train_blocks!r}")
+    _validate_adapters(cfg)
+
+
+def _validate_adapters(cfg: "RunConfig") -> None:
+    """LoRA / SSF: valid values, not together, not with freezing options (they freeze the backbone themselves),
+    and peft installed for LoRA."""
+    lora = any(getattr(cfg, k) is not None for k in LORA_KEYS)
+    if not lora and not cfg.ssf:
+        return
+    if lora and cfg.ssf:
+        raise ValueError("--lora-rank / --lora-alpha / --lora-targets and --ssf exclude each other: choose one "
+                         "parameter-efficient method")
+    frozen = [f for f, on in (("--train-blocks", cfg.train_blocks is not None), ("--freeze-embed", cfg.freeze_embed))
+              if on]
+    if frozen:
+        raise ValueError(f"{'LoRA' if lora else '--ssf'} freezes the whole backbone itself; it excludes "
+                         f"{' and '.join(frozen)}")
+    if not lora:
+        return
+    r = cfg.lora_rank
+    if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 1):
+        raise ValueError(f"--lora-rank must be a positive integer, got {r!r}")
+    if cfg.lora_alpha is not None and not cfg.lora_alpha > 0:
+        raise ValueError(f"--lora-alpha must be > 0, got {cfg.lora_alpha}")
+    if cfg.lora_targets is not None and not any(t.strip() for t in str(cfg.lora_targets).split(",")):
+        raise ValueError(f"--lora-targets names nothing: {cfg.lora_targets!r}; expected default, conv, linear or "
+                         f"module names")
+    from lpft.vision.adapters import PEFT_HINT, peft_available
+
+    if not peft_available():
+        raise ValueError(f"{PEFT_HINT}; it is not installed in this environment")
 
 
 def build_hooks(ctx: "RunContext") -> list:
-    """The engine hooks of ``ctx.cfg``'s options, in the order they must run: freezing first (the others record
-    only what trains), then L2-SP, TPGM (its projection precedes the average) and the weight average."""
+    """The engine hooks of ``ctx.cfg``'s options, in the order they must run: LoRA / SSF and freezing first (the
+    others record only what trains), then L2-SP, TPGM (its projection precedes the average) and the weight
+    average."""
     cfg = ctx.cfg
     hooks: list = []
+    if cfg.lora_rank is not None:
+        from lpft.vision.adapters import LoRA
+
+        hooks.append(LoRA(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, seed=cfg.seed))
+    if cfg.ssf:
+        from lpft.vision.ssf import SSF
+
+        hooks.append(SSF())
     if cfg.train_blocks is not None or cfg.freeze_embed:
         from lpft.vision.surgical import Freeze
 

@@ -23,6 +23,7 @@ from torchvision.transforms import InterpolationMode
 
 from lpft.vision.backbones.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, make_transforms
 from lpft.vision.config import CHOICES, METHODS, PROTOCOLS, RunConfig, default_run_id, is_clip_name, resolve_config
+from lpft.vision.configrules import FLYP_SOURCES
 from lpft.vision.transforms import build_transforms
 
 __all__ = ["BACKBONE_FACTS", "SOURCES", "BackboneDescription", "cite", "describe_backbone", "describe_recipe",
@@ -112,7 +113,7 @@ SOURCES: dict[str, dict[str, str]] = {
         "benchmark:imagenet": f"{TL} scripts/run_adaptation_experiments.py:1137-1143, 1632-1638 (CLIP ViT-B/16)",
         "*": "lpft: the offline default backbone (no official counterpart)",
     },
-    "protocol": {"derived": "lpft: WiSE-FT's protocol for wiseft on a CLIP backbone, LP-FT's otherwise "
+    "protocol": {"derived": "lpft: WiSE-FT's protocol for wiseft and flyp on a CLIP backbone, LP-FT's otherwise "
                             "(lpft/vision/config.py)"},
     "optimizer": {"protocol:lpft": f"{TL} configs/adaptation/resnet50_transfer.yaml:13-17 (SGD)",
                   "protocol:wiseft": f"{WF} src/models/finetune.py:61-62 (AdamW)"},
@@ -204,6 +205,7 @@ SOURCES: dict[str, dict[str, str]] = {
         "end_to_end": f"{WF} src/models/finetune.py (end to end: every image-encoder and head parameter trained)"},
     "grad_accum": {"*": "lpft default: no gradient accumulation (batch_size is the global batch)"},
 }
+SOURCES.update({f: {**SOURCES.get(f, {}), **d} for f, d in FLYP_SOURCES.items()})  # FLYP (lpft.vision.configrules)
 #: per-benchmark citation of the official selection set (scripts/run_adaptation_experiments.py val_metric)
 SELECTION_SOURCES = {
     "living17": f"{TL} configs/adaptation/datasets_living17.yaml:37-44, 54-56; run_adaptation_experiments.py:566-568",

@@ -4,7 +4,7 @@ Every record has at least the fields of :data:`REQUIRED_FIELDS`:
 
 ==============  =================================================================================
 ``run_id``      the run directory name
-``method``      ``lp`` | ``ft`` | ``lpft`` | ``wiseft`` | ``zeroshot``
+``method``      ``lp`` | ``ft`` | ``lpft`` | ``wiseft`` | ``zeroshot`` | ``flyp`` | ``soup``
 ``backbone``    registered backbone name (``efficientnet_lite0``, ``clip_vit_b16``, ...)
 ``benchmark``   registered benchmark name (``digits``, ``living17``, ...)
 ``eval_split``  the split evaluated (``id_val``, ``id_test``, ``ood_test``, ``imagenet_r``, ...)

@@ -1,4 +1,4 @@
-"""``python -m lpft.vision.run --method {lp,ft,lpft,wiseft,zeroshot}``: one run, one directory of results.
+"""``python -m lpft.vision.run --method {lp,ft,lpft,wiseft,zeroshot,flyp}``: one run, one directory of results.
 
 With no other flags it runs the offline default: benchmark ``digits`` (scikit-learn's handwritten digits
 in distribution, typeset and corrupted digits out of distribution) on ``digits_simclr``, the offline lab's
@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("methods")
     g.add_argument("--alphas", type=_float_list, default=None, help="WiSE-FT alpha grid (default 0,0.1,...,1)")
     g.add_argument("--wiseft-finetune", choices=["end_to_end", "linear"], default="end_to_end")
+    g.add_argument("--wiseft-from", default=None, metavar="RUN_DIR",
+                   help="WiSE-FT of this finished run (ft, lpft, flyp, ...): interpolate its fine-tuned weights with "
+                        "its starting point; nothing trains, its model and data settings are taken over")
     g.add_argument("--no-bn-recompute", action="store_true",
                    help="WiSE-FT: skip re-estimating BatchNorm statistics of interpolated models")
     g.add_argument("--templates", choices=["imagenet", "benchmark", "simple"], default=None,
@@ -111,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tpgm-frequency", type=int, default=None, help="TPGM: epochs between radius updates (default 1)")
     g.add_argument("--tpgm-steps", type=int, default=None, help="TPGM: radius steps per update (default 200)")
     g.add_argument("--tpgm-lr", type=float, default=None, help="TPGM: Adam learning rate of the radii (default 1e-2)")
+    g.add_argument("--lora-rank", type=int, default=None,
+                   help="LoRA (through peft): rank r of the adapters; the backbone is frozen, adapters + head train, "
+                        "and the adapters are merged into the weights after training (default rank 8)")
+    g.add_argument("--lora-alpha", type=float, default=None, help="LoRA: the update is alpha/r B A (default alpha = r)")
+    g.add_argument("--lora-targets", default=None,
+                   help="LoRA: comma-separated default | conv | linear | module names (default: per backbone family)")
+    g.add_argument("--ssf", action="store_true",
+                   help="SSF: learn a per-channel scale and shift after the frozen backbone's layers; folded into "
+                        "the weights after training")
     g.add_argument("--limit", type=int, default=None, help="cap every split at N examples (smoke tests)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -124,6 +136,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, protocol=args.protocol,
         weight_decay=args.weight_decay, num_workers=args.num_workers, alphas=args.alphas,
         wiseft_finetune=args.wiseft_finetune, wiseft_recompute_bn=not args.no_bn_recompute,
+        wiseft_from=args.wiseft_from,
         templates=args.templates, lp_num_cs=args.lp_num_cs, limit=args.limit, cache_dir=args.cache_dir,
         distortion=not args.no_distortion, on_corrupt=args.on_corrupt, grad_accum=args.grad_accum,
         precision=args.precision, select_epoch=args.select_epoch, selection=args.selection, fmow_val=args.fmow_val,
@@ -133,6 +146,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         freeze_embed=args.freeze_embed or None, weight_average=args.weight_average,
         swa_start_epoch=args.swa_start_epoch, ema_decay=args.ema_decay, tpgm=args.tpgm or None,
         tpgm_frequency=args.tpgm_frequency, tpgm_steps=args.tpgm_steps, tpgm_lr=args.tpgm_lr,
+        lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets, ssf=args.ssf or None,
     )
 
 
@@ -220,9 +234,15 @@ def run(cfg: RunConfig, *, progress: bool = True) -> Path:
     from lpft.vision.rundir import RunLock
 
     METHODS.get(cfg.method)  # unknown method -> lists the valid ones
+    inherited: list[str] = []
+    if cfg.wiseft_from is not None:  # WiSE-FT of a finished run: its model and data settings (docs/methods.md)
+        from lpft.vision.wiseft_from import inherit_source
+
+        cfg, inherited = inherit_source(cfg)
     bench = get_benchmark(cfg.benchmark).for_root(cfg.data_root)  # folder: splits and classes from the root
     provenance: dict[str, str] = {}
     cfg = resolve_config(cfg, provenance)
+    provenance.update(dict.fromkeys(inherited, "wiseft_from"))
     if cfg.backbone not in list_backbones():
         raise ValueError(f"unknown backbone {cfg.backbone!r}; expected one of: {', '.join(list_backbones())}")
     device = D.init_from_env(D.resolve_device(cfg.device))

@@ -79,7 +79,9 @@ def layout(model: nn.Module) -> Layout | None:
     blocks ``transformer.resblocks.<i>``, then ``ln_post, proj``. CLIP ResNet (``ModifiedResNet``): embed the
     three-convolution stem, blocks ``layer<s>.<j>``, then ``attnpool``. torchvision ResNet: embed ``conv1, bn1``,
     blocks ``layer<s>.<j>``. timm EfficientNet: embed ``conv_stem, bn1``, blocks ``blocks.<s>.<j>``, then
-    ``conv_head, bn2``. ``tiny_cnn``: embed the first conv + BatchNorm, one block (the second pair).
+    ``conv_head, bn2``. ``tiny_cnn``: embed the first conv + BatchNorm, one block (the second pair). The lab's
+    ``LabResNet`` (``digits_simclr``): embed the first conv + GroupNorm, blocks: the 8x8 residual block, then each
+    stride-2 stage (its conv, norm and residual block), so first / middle / last are one resolution each.
     """
     names = [n for n, _ in model.named_parameters()]
     v, net = "backbone.visual", "backbone.net"
@@ -101,6 +103,12 @@ def layout(model: nn.Module) -> Layout | None:
     body = _children(names, f"{net}.body")
     if body == ["0", "1", "3", "4"]:  # TinyCNN: conv-BN-ReLU, conv-BN-ReLU
         return Layout("tiny_cnn", [f"{net}.body.0", f"{net}.body.1"], [[f"{net}.body.3", f"{net}.body.4"]])
+    if body == ["0", "1", "2"] and f"{net}.body.0.3.conv1.weight" in names:  # the lab's LabResNet: 3 stages
+        # each stage: conv (0) + GroupNorm (1) + ReLU, then a residual block (3); the first conv is the stem
+        stages = [f"{net}.body.{s}" for s in body]
+        blocks = [[f"{stages[0]}.3"], [f"{stages[1]}.0", f"{stages[1]}.1", f"{stages[1]}.3"],
+                  [f"{stages[2]}.0", f"{stages[2]}.1", f"{stages[2]}.3"]]
+        return Layout("lab_resnet", [f"{stages[0]}.0", f"{stages[0]}.1"], blocks)
     return None
 
 
@@ -175,7 +183,7 @@ def frozen_batchnorm(model: nn.Module) -> list[str]:
     """Names of the BatchNorm modules whose affine parameters are all frozen (``requires_grad`` False)."""
     out = []
     for name, m in model.named_modules():
-        ps = list(m.parameters())
+        ps = list(m.parameters(recurse=False))  # its own affine pair, not what an adapter nests inside it
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and ps and not any(p.requires_grad for p in ps):
             out.append(name)
     return out

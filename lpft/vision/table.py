@@ -184,7 +184,8 @@ def check_cell_configs(series: Iterable[Series]) -> None:
 
 def _family_key(r: dict[str, Any]) -> tuple:
     return (r["benchmark"], r["backbone"], r["method"], r.get("bn_stats"), *variant_of(r),
-            r.get("variant") if r["method"] == "soup" else None, r.get("options"))
+            r.get("variant") if r["method"] == "soup" else None,  # --wiseft-from runs: "from <source method>"
+            f"from {r['wiseft_source']}" if r.get("wiseft_source") else r.get("options"))
 
 
 def _cell_key(r: dict[str, Any]) -> tuple:
@@ -324,7 +325,7 @@ def build_rows(groups: dict[tuple[str, str], list[Series]], oracle: bool = True,
         oods, cols = ood_splits(group), columns(group)
 
         def pub(s: Series, split, alpha=None):
-            if metric != "acc":
+            if metric != "acc" or (s.options or "").startswith("from "):  # WiSE-FT of an FT run is not the papers'
                 return None
             # linear-head WiSE-FT is WiSE-FT's LC variant: never compare it with the end-to-end numbers
             variant = "LC" if s.wiseft_finetune == "linear" else None

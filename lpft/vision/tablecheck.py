@@ -13,13 +13,19 @@ from typing import Any
 
 from lpft.vision.rundir import BOOKKEEPING_FIELDS, RunConfigMismatch, config_diff, read_config
 
-__all__ = ["CELL_IGNORE", "check_cell"]
+__all__ = ["CELL_IGNORE", "check_cell", "recipe_digest"]
 
 #: config fields that may differ between the seeds pooled into one cell
 CELL_IGNORE = frozenset({"seed", "run_id"}) | BOOKKEEPING_FIELDS
 
 
 def _seedless(cfg: dict[str, Any]) -> dict[str, Any]:
+    # WiSE-FT of another run (--wiseft-from): each seed's source has its own directory, run id and config hash; what
+    # the seeds share is the source's method, options and seedless recipe (recipe_sha256)
+    src = cfg.get("wiseft_source")
+    if isinstance(src, dict):
+        keep = {k: src.get(k) for k in ("method", "options", "recipe_sha256")}
+        cfg = dict(cfg, wiseft_from=None, wiseft_source=keep)
     # A backbone initialised or pretrained per seed names that seed in its weights id, which legitimately differs
     # between the seeds of one cell: a random init ("random:seed<s>:<digest>") and the offline lab's per-seed
     # pretraining ("simclr:<setting>:seed<s>:<digests>"); the part before the seed must still agree.
@@ -29,6 +35,16 @@ def _seedless(cfg: dict[str, Any]) -> dict[str, Any]:
     if isinstance(wid, str) and f":seed{cfg.get('seed')}:" in wid:
         return dict(cfg, backbone_weights_id=wid.split(f":seed{cfg.get('seed')}:")[0] + ":seed<run seed>")
     return cfg
+
+
+def recipe_digest(cfg: dict[str, Any]) -> str:
+    """sha256 of a run's ``config.json`` as the same-config rule compares it (without seed, run id, bookkeeping,
+    and with a per-seed weights id made seedless): equal for the seeds of one experiment."""
+    import hashlib
+    import json
+
+    kept = {k: v for k, v in _seedless(cfg).items() if k not in CELL_IGNORE}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _leaves(diff: dict[str, tuple[Any, Any]], prefix: str = "") -> dict[str, tuple[Any, Any]]:

@@ -59,10 +59,10 @@ def test_every_combination_resolves_or_is_refused(capsys, benchmark, method):
         args = ["--benchmark", benchmark, "--method", method] + (["--backbone", backbone] if backbone else [])
         rc, rec, err = run_json(capsys, *args)
         chosen = backbone or (rec or {}).get("backbone")
-        if method == "zeroshot" and backbone is not None and not is_clip_name(backbone):
+        if method in ("zeroshot", "flyp") and backbone is not None and not is_clip_name(backbone):
             assert rc == 2 and "CLIP" in err and "clip_vit_b16" in err
             continue
-        if method == "zeroshot" and backbone is None and rc == 2:  # the benchmark's preset is not CLIP
+        if method in ("zeroshot", "flyp") and backbone is None and rc == 2:  # the preset is not CLIP
             assert "CLIP" in err
             continue
         assert rc == 0, err
@@ -73,7 +73,7 @@ def test_every_combination_resolves_or_is_refused(capsys, benchmark, method):
         for field, value in rec.items():  # every value that is set has a citation
             if field in rec["provenance"]:
                 assert rec["sources"][field], field
-        if method in ("ft", "lpft", "wiseft"):
+        if method in ("ft", "lpft", "wiseft", "flyp"):
             assert rec["optimizer"] in ("sgd", "adamw") and rec["lr"] > 0 and "lr" in rec["sources"]
         else:
             assert rec["optimizer"] is None and rec["lr"] is None

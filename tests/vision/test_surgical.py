@@ -122,3 +122,28 @@ def test_wiseft_with_only_the_head_trained_uses_cached_features(tmp_path):
     final = [r for r in read_records(run / "records.jsonl") if r["metric"] == "acc" and r["epoch"] is None]
     assert final and all(r.get("bn_stats") is None for r in final)
     assert {r["alpha"] for r in final} == {0.0, 1.0}
+
+
+def test_the_lab_backbone_has_a_layout_one_resolution_per_third():
+    from lpft.vision.lab.model import LabResNet
+
+    class Bb(torch.nn.Module):  # the Classifier names: backbone.net.<LabResNet>
+        def __init__(self):
+            super().__init__()
+            self.net = LabResNet()
+
+    m = torch.nn.Module()
+    m.backbone, m.head = Bb(), torch.nn.Linear(64, 10)
+    lay = layout(m)
+    b = "backbone.net.body"
+    assert lay.kind == "lab_resnet" and lay.embed == [f"{b}.0.0", f"{b}.0.1"]
+    first, middle, last = lay.thirds()
+    assert (first, middle, last) == ([f"{b}.0.3"], [f"{b}.1.0", f"{b}.1.1", f"{b}.1.3"],
+                                     [f"{b}.2.0", f"{b}.2.1", f"{b}.2.3"])
+    names = [n for n, _ in m.named_parameters() if n.startswith("backbone")]
+    units = lay.units()  # every backbone parameter belongs to exactly one unit
+    assert all(sum(n == u or n.startswith(u + ".") for u in units) == 1 for n in names)
+    assert set(trainable_names(m, "last")) == {n for n in names if n.startswith(f"{b}.2.")} | {"head.weight",
+                                                                                              "head.bias"}
+    fe = set(trainable_names(m, None, freeze_embed=True))
+    assert f"{b}.0.0.weight" not in fe and f"{b}.0.3.conv1.weight" in fe

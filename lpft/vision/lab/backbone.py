@@ -98,7 +98,11 @@ def canonical_tag(cfg) -> str:
 def _pretrained_net(tag: str | None) -> tuple[LabResNet, str]:
     from lpft.vision.lab.pretrain import WEIGHTS_DIR, default_cache_dir, pretrain, state_digest
 
-    cfg = config_from_tag(tag, torch.initial_seed())
+    seed = torch.initial_seed()
+    if seed >= 2 ** 32:  # an unseeded process (torch draws a 64-bit seed): take the shipped seed, and say so
+        print(f"[{NAME}] torch is not seeded (torch.manual_seed): using pretraining seed 0", file=sys.stderr)
+        seed = 0
+    cfg = config_from_tag(tag, seed)
     target = default_cache_dir() / cfg.filename
     if cfg.steps > 0 and not target.is_file() and not (WEIGHTS_DIR / cfg.filename).is_file():
         print(f"[{NAME}] first use of setting {canonical_tag(cfg)} with seed {cfg.seed} (config {cfg.key}): "

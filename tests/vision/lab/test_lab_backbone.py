@@ -111,3 +111,9 @@ def test_the_offline_default_is_the_lab_with_shipped_weights(monkeypatch):
     assert cfg.lr == 3e-3
     monkeypatch.setattr(P, "_train", lambda *args, **kw: pytest.fail("the default run must not pretrain"))
     assert (P.WEIGHTS_DIR / config_from_tag(cfg.pretrained, cfg.seed).filename).is_file()
+
+
+def test_an_unseeded_process_gets_the_shipped_seed(monkeypatch):
+    monkeypatch.setattr(P, "_train", lambda *args, **kw: pytest.fail("seed 0 of the default setting is shipped"))
+    monkeypatch.setattr(torch, "initial_seed", lambda: 2 ** 63 + 12345)  # what an unseeded torch reports
+    assert create_backbone(NAME).weights_id.startswith(f"simclr:{DEFAULT_TAG}:seed0:")
