@@ -1,4 +1,4 @@
-"""``python -m lpft.vision.export RUN_DIR [--alpha A] [--to open_clip|timm|torchvision] --out FILE``.
+"""``python -m lpft.vision.export RUN_DIR [--alpha A] [--variant V] [--to open_clip|timm|torchvision] --out FILE``.
 
 Writes the model a finished run selected in the format of the library its backbone comes from, so that it can
 be used without ``lpft`` (formats: :mod:`lpft.vision.exportfmt`):
@@ -16,7 +16,9 @@ theta_0 is the pretrained backbone with ``theta0_head.pt`` (the zero-shot head f
 theta_1 the selected checkpoint (``theta1_head.pt`` on the pretrained backbone for the linear-classifier variant).
 Every floating-point entry is interpolated, BatchNorm running statistics included, as the official WiSE-FT
 code interpolates whole state dicts; the run also reports statistics re-estimated on ID training images, which
-the export does not hold.
+the export does not hold. Model soups (``--variant uniform|greedy``), FLYP runs (both fine-tuned CLIP towers, the
+head their zero-shot head) and WiSE-FT of any run (``--wiseft-from``, at ``--alpha A``) are rebuilt by
+:mod:`lpft.vision.export_sources`.
 
 The pretrained backbone is rebuilt from ``config.json`` (random initialisations from the run's seed) and must
 have the weights id the run recorded. Before a file is kept, it is loaded back with the printed library call
@@ -34,6 +36,7 @@ from typing import Any, Sequence
 
 import torch
 
+from lpft.vision import export_sources as sources
 from lpft.vision import exportfmt as fmt
 from lpft.vision.io import atomic_path, torch_save_atomic, write_json_atomic
 
@@ -53,6 +56,9 @@ class RunModel:
         classnames: the benchmark's class names, in label order.
         alpha: the WiSE-FT interpolation weight (None for other methods).
         source: which files the weights came from.
+        info: extra sidecar fields (a soup's variant and ingredients, a WiSE-FT source, ...).
+        match: record fields that pick the run's records of this model (a soup's variant, ...).
+        notes: extra notes for the sidecar.
     """
 
     run_dir: Path
@@ -61,6 +67,9 @@ class RunModel:
     classnames: list[str]
     alpha: float | None = None
     source: dict[str, str] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    match: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def _need(path: Path, what: str) -> Path:
@@ -74,8 +83,9 @@ def read_run(run_dir: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any] 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
-    cfg = json.loads(_need(run_dir / "config.json", "not a run directory (python -m lpft.vision.run writes "
-                                                     "config.json first)").read_text())
+    cfg_file = _need(run_dir / "config.json", "not a run directory (python -m lpft.vision.run writes config.json "
+                                              "first)")
+    cfg = sources.run_config(json.loads(cfg_file.read_text()))  # a soup: over its ingredients' common settings
     _need(run_dir / "records.jsonl", "the run is not complete (records.jsonl is written last); finish it with "
                                      "python -m lpft.vision.run ... --resume")
     hist_path = run_dir / "history.json"
@@ -155,34 +165,42 @@ def _classifier(backbone, state: dict[str, torch.Tensor]):
     return model.eval()
 
 
-def load_run_model(run_dir: str | Path, alpha: float | None = None) -> RunModel:
-    """Rebuild the model a finished run selected (WiSE-FT: at ``alpha``).
+def load_run_model(run_dir: str | Path, alpha: float | None = None, variant: str | None = None) -> RunModel:
+    """Rebuild the model a finished run selected (WiSE-FT: at ``alpha``; a soup: its ``variant``).
 
     Args:
-        run_dir: a complete run directory of ``python -m lpft.vision.run``.
+        run_dir: a complete run directory of ``python -m lpft.vision.run`` (or ``lpft.vision.soup``).
         alpha: WiSE-FT only (required there): the weight of theta_1 in ``(1 - alpha) theta_0 + alpha theta_1``.
+        variant: soups only: ``"uniform"`` or ``"greedy"`` (required when the soup run holds both).
 
     Returns:
         A :class:`RunModel`.
 
     Raises:
         FileNotFoundError: the directory, ``config.json``, ``records.jsonl`` or a weights file is missing.
-        ValueError: ``alpha`` missing / outside [0, 1] for WiSE-FT or given for another method, or the
-            pretrained weights differ from the run's.
+        ValueError: ``alpha`` missing / outside [0, 1] for WiSE-FT or given for another method, ``variant``
+            missing / unknown for a soup or given for another run, or the pretrained weights differ from the run's.
     """
     from lpft.vision.data import get_benchmark
     from lpft.vision.interpolate import interpolate_state_dicts
 
     run_dir, cfg, hist = read_run(run_dir)
     alpha = check_alpha(cfg, alpha)
+    variant = sources.check_variant(cfg, variant)
     method = cfg["method"]
     bench = get_benchmark(cfg["benchmark"])
     if getattr(bench, "root_defined", False):
         bench = bench.for_root(cfg.get("data_root"))
     backbone = _rebuild_backbone(cfg)
-    pretrained = {f"backbone.{k}": v.detach().clone() for k, v in backbone.state_dict().items()}
+    pretrained = {} if sources.handles(cfg) else {f"backbone.{k}": v.detach().clone()
+                                                  for k, v in backbone.state_dict().items()}
     source: dict[str, str] = {"backbone": f"pretrained {backbone.weights_id}"}
-    if method == "lp":
+    info: dict[str, Any] = {}
+    match: dict[str, Any] = {}
+    if sources.handles(cfg):  # soups, FLYP, WiSE-FT of another run
+        model, more, info, match = sources.load_model(run_dir, cfg, backbone, bench, alpha=alpha, variant=variant)
+        source.update(more)
+    elif method == "lp":
         w, b = _load_head(run_dir / "head.pt", "an LP run writes its head there")
         state, source["head"] = {**pretrained, "head.weight": w, "head.bias": b}, "head.pt"
     elif method == "zeroshot":
@@ -207,21 +225,27 @@ def load_run_model(run_dir: str | Path, alpha: float | None = None) -> RunModel:
         state = interpolate_state_dicts(theta0, theta1, alpha)
     else:
         raise ValueError(f"unknown method {method!r} in {run_dir / 'config.json'}")
+    if not sources.handles(cfg):
+        model = _classifier(backbone, state)
     classnames = [str(c) for c in bench.classnames]
-    if state["head.weight"].shape[0] != len(classnames):
-        raise ValueError(f"the head has {state['head.weight'].shape[0]} classes, benchmark {cfg['benchmark']} "
+    if model.head.weight.shape[0] != len(classnames):
+        raise ValueError(f"the head has {model.head.weight.shape[0]} classes, benchmark {cfg['benchmark']} "
                          f"{len(classnames)}")
-    return RunModel(run_dir, cfg, _classifier(backbone, state), classnames, alpha, source)
+    notes = list(info.pop("notes", []))
+    return RunModel(run_dir, cfg, model, classnames, alpha, source, info, match, notes)
 
 
-def _recorded(run_dir: Path, alpha: float | None) -> dict[str, float]:
-    """The accuracies the run recorded for exactly this model (WiSE-FT: this alpha, interpolated BN)."""
+def _recorded(run_dir: Path, alpha: float | None, match: dict[str, Any] | None = None) -> dict[str, float]:
+    """The accuracies the run recorded for exactly this model (WiSE-FT: this alpha, interpolated BN; ``match``:
+    further record fields, ``bn_stats`` among them replacing the default)."""
     from lpft.vision.records import read_records
 
+    match = dict(match or {})
+    bn = (match.pop("bn_stats"),) if "bn_stats" in match else (None, "interpolated")
     out = {}
     for r in read_records(run_dir / "records.jsonl"):
-        if (r["metric"] == "acc" and r.get("epoch") is None and r.get("stage") is None
-                and r.get("bn_stats") in (None, "interpolated")
+        if (r["metric"] == "acc" and r.get("epoch") is None and r.get("stage") is None and r.get("bn_stats") in bn
+                and all(r.get(k) == v for k, v in match.items())
                 and (r.get("alpha") is None if alpha is None else r.get("alpha") == alpha)):
             out[r["eval_split"]] = r["value"]
     return out
@@ -233,14 +257,15 @@ def _check_batch(bb, n: int = 2) -> torch.Tensor:
 
 
 def export_run(run_dir: str | Path, out: str | Path, *, to: str | None = None, alpha: float | None = None,
-               check: bool = True) -> dict[str, Any]:
-    """Export the model a run selected (WiSE-FT: at ``alpha``) to ``out`` in ``to``'s format.
+               check: bool = True, variant: str | None = None) -> dict[str, Any]:
+    """Export the model a run selected (WiSE-FT: at ``alpha``; a soup: its ``variant``) to ``out`` in ``to``'s format.
 
     Args:
         run_dir: a complete run directory.
         out: the model file to write; ``out + ".head.pt"`` and ``out + ".json"`` are written next to it.
         to: ``"open_clip"``, ``"timm"`` or ``"torchvision"``; default: the backbone's only target.
         alpha: WiSE-FT only (required there).
+        variant: soups only: ``"uniform"`` or ``"greedy"`` (required when the soup run holds both).
         check: load the file back with the library call of the sidecar and compare logits on a random batch
             with the package model's before keeping it.
 
@@ -248,14 +273,15 @@ def export_run(run_dir: str | Path, out: str | Path, *, to: str | None = None, a
         The sidecar (also written to ``out + ".json"``).
 
     Raises:
-        ValueError: a target the backbone does not have (the message lists the valid ones), a bad ``alpha``,
-            an ``out`` name ending in ``.safetensors`` / ``.json``; FileNotFoundError: missing run files;
+        ValueError: a target the backbone does not have (the message lists the valid ones), a bad ``alpha`` or
+            ``variant``, an ``out`` name ending in ``.safetensors`` / ``.json``; FileNotFoundError: missing run files;
         RuntimeError: the file loaded back does not reproduce the package model's logits.
     """
     from lpft.vision.backbones import has_batchnorm
 
     run_dir, cfg, _ = read_run(run_dir)
     check_alpha(cfg, alpha)
+    sources.check_variant(cfg, variant)
     valid = fmt.valid_targets(cfg["backbone"])
     to = to if to is not None else (valid[0] if len(valid) == 1 else None)
     if to not in valid:
@@ -264,7 +290,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, to: str | None = None, a
     out = Path(out).absolute()
     if out.suffix in (".safetensors", ".json"):
         raise ValueError(f"--out {out}: the model file is a torch.save state dict; name it .pt / .pth / .bin")
-    rm = load_run_model(run_dir, alpha)
+    rm = load_run_model(run_dir, alpha, variant)
     model, bb = rm.model, rm.model.backbone
     n = len(rm.classnames)
     head_file, side_file = Path(f"{out}.head.pt"), Path(f"{out}.json")
@@ -304,11 +330,11 @@ def export_run(run_dir: str | Path, out: str | Path, *, to: str | None = None, a
         "preprocessing": {"image_size": bb.image_size, "mean": list(bb.norm_mean), "std": list(bb.norm_std),
                           "interpolation": bb.interpolation.value,
                           "run_eval_transform": (cfg.get("transforms_resolved") or {}).get("eval")},
-        "recorded_accuracy": _recorded(run_dir, rm.alpha),
+        "recorded_accuracy": _recorded(run_dir, rm.alpha, rm.match),
         "files": {"model": out.name, "head": head_file.name, "sidecar": side_file.name,
                   "model_configs": None if cfg_dir is None else cfg_dir.name},
-        "load": how["code"], "load_kwargs": how["kwargs"], "notes": how["notes"],
-        "check": {"max_abs_logit_diff": max_diff} if check else None,
+        "load": how["code"], "load_kwargs": how["kwargs"], "notes": how["notes"] + rm.notes,
+        "check": {"max_abs_logit_diff": max_diff} if check else None, **rm.info,
     }
     write_json_atomic(side_file, sidecar)
     return sidecar
@@ -316,8 +342,10 @@ def export_run(run_dir: str | Path, out: str | Path, *, to: str | None = None, a
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lpft.vision.export", description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dir", help="a complete run directory of python -m lpft.vision.run")
+    p.add_argument("run_dir", help="a complete run directory of python -m lpft.vision.run (or lpft.vision.soup)")
     p.add_argument("--alpha", type=float, default=None, help="WiSE-FT runs only (required there): weight of theta_1")
+    p.add_argument("--variant", choices=sources.SOUP_VARIANTS, default=None,
+                   help="soup runs only: which soup (required when the soup run holds both)")
     p.add_argument("--to", choices=fmt.TARGETS, default=None,
                    help="library format (default: the backbone's: open_clip for CLIP, timm for efficientnet_lite0, "
                         "torchvision for the ResNet-50s)")
@@ -329,11 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
 def describe(sidecar: dict[str, Any]) -> str:
     """The printed summary: what was exported and how to load it."""
     alpha = f", alpha={sidecar['alpha']:g}" if sidecar["alpha"] is not None else ""
+    alpha += f", {sidecar['variant']}" if sidecar.get("variant") else ""
     lines = [f"exported {sidecar['run_id']} ({sidecar['method']}{alpha}) as {sidecar['target']} {sidecar['arch']}, "
              f"{sidecar['num_classes']} classes",
              *(f"  {k}: {v}" for k, v in sidecar["files"].items() if v), "load it with:",
              *(f"    {line}" for line in sidecar["load"].splitlines()), *(f"note: {n}" for n in sidecar["notes"])]
-    if sidecar["bn_stats"]:
+    if sidecar["bn_stats"] == "interpolated":
         lines.append("note: BatchNorm running statistics are interpolated (official WiSE-FT); the run also "
                      "reports statistics re-estimated on ID training images, which this file does not hold")
     return "\n".join(lines)
@@ -341,7 +370,8 @@ def describe(sidecar: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
-    sidecar = export_run(args.run_dir, args.out, to=args.to, alpha=args.alpha, check=not args.no_check)
+    sidecar = export_run(args.run_dir, args.out, to=args.to, alpha=args.alpha, check=not args.no_check,
+                         variant=args.variant)
     print(describe(sidecar))
     return sidecar
 

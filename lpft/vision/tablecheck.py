@@ -19,7 +19,27 @@ __all__ = ["CELL_IGNORE", "check_cell", "recipe_digest"]
 CELL_IGNORE = frozenset({"seed", "run_id"}) | BOOKKEEPING_FIELDS
 
 
+def _soup_seedless(obj: Any, seed: int) -> Any:
+    """A soup's config with its seed's name replaced (``...-seed<s>`` ingredient ids, keys and paths,
+    ``common.seed``, a ``seed`` filter): the soups of one recipe over seeds differ only there."""
+    import re
+
+    pat = re.compile(rf"seed{seed}(?!\d)")
+    if isinstance(obj, dict):
+        out = {pat.sub("seed<run seed>", k): _soup_seedless(v, seed) for k, v in obj.items()}
+        if out.get("seed") in (seed, str(seed)):
+            out["seed"] = "<run seed>"
+        if "backbone_weights_id" in obj:  # the ingredients' (and so the soup's) per-seed backbone
+            out["backbone_weights_id"] = _wid_seedless(obj["backbone_weights_id"], seed)
+        return out
+    if isinstance(obj, list):
+        return [_soup_seedless(v, seed) for v in obj]
+    return pat.sub("seed<run seed>", obj) if isinstance(obj, str) else obj
+
+
 def _seedless(cfg: dict[str, Any]) -> dict[str, Any]:
+    if cfg.get("method") == "soup" and isinstance(cfg.get("seed"), int):
+        cfg = dict(_soup_seedless({k: v for k, v in cfg.items() if k != "seed"}, cfg["seed"]), seed=cfg["seed"])
     # WiSE-FT of another run (--wiseft-from): each seed's source has its own directory, run id and config hash; what
     # the seeds share is the source's method, options and seedless recipe (recipe_sha256)
     src = cfg.get("wiseft_source")
@@ -29,12 +49,17 @@ def _seedless(cfg: dict[str, Any]) -> dict[str, Any]:
     # A backbone initialised or pretrained per seed names that seed in its weights id, which legitimately differs
     # between the seeds of one cell: a random init ("random:seed<s>:<digest>") and the offline lab's per-seed
     # pretraining ("simclr:<setting>:seed<s>:<digests>"); the part before the seed must still agree.
-    wid = cfg.get("backbone_weights_id")
-    if isinstance(wid, str) and wid.startswith("random:"):
-        return dict(cfg, backbone_weights_id="random")
-    if isinstance(wid, str) and f":seed{cfg.get('seed')}:" in wid:
-        return dict(cfg, backbone_weights_id=wid.split(f":seed{cfg.get('seed')}:")[0] + ":seed<run seed>")
+    if "backbone_weights_id" in cfg:
+        cfg = dict(cfg, backbone_weights_id=_wid_seedless(cfg["backbone_weights_id"], cfg.get("seed")))
     return cfg
+
+
+def _wid_seedless(wid: Any, seed: Any) -> Any:
+    if isinstance(wid, str) and wid.startswith("random:"):
+        return "random"
+    if isinstance(wid, str) and f":seed{seed}:" in wid:
+        return wid.split(f":seed{seed}:")[0] + ":seed<run seed>"
+    return wid
 
 
 def recipe_digest(cfg: dict[str, Any]) -> str:
