@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("what to run")
     g.add_argument("--method", default="lpft", help=f"one of {', '.join(METHOD_NAMES)}")
     g.add_argument("--backbone", default=None, help="registered backbone (default: the benchmark's preset)")
-    g.add_argument("--benchmark", default="digits", help="registered benchmark")
+    g.add_argument("--benchmark", default=None, help="registered benchmark (default digits; with --wiseft-from: the "
+                                                     "source run's)")
     g.add_argument("--data-root", default=None, help="folder holding the datasets (not needed for digits)")
     g.add_argument("--weights", default=None, help="local weights file for the backbone (any backbone)")
     g.add_argument("--pretrained", default=None, help="open_clip pretrained tag for CLIP backbones (default openai)")
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     g.add_argument("--cache-dir", default=None, help="feature cache (default <out>/.cache)")
     g = p.add_argument_group("optimisation (default: the preset's paper protocol)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=None, help="default 0 (with --wiseft-from: the source run's)")
     g.add_argument("--lr", type=float, default=None)
     g.add_argument("--epochs", type=int, default=None)
     g.add_argument("--batch-size", type=int, default=None)
@@ -130,8 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
-        method=args.method, backbone=args.backbone, benchmark=args.benchmark, data_root=args.data_root,
-        out=args.out, run_id=args.run_id, seed=args.seed, device=args.device, resume=args.resume,
+        method=args.method, backbone=args.backbone, data_root=args.data_root, out=args.out, run_id=args.run_id,
+        # not given: digits / 0, or under --wiseft-from the source run's (lpft.vision.wiseft_from.inherit_source)
+        benchmark=args.benchmark if args.benchmark or args.wiseft_from else "digits",
+        seed=args.seed if args.seed is not None or args.wiseft_from else 0, device=args.device, resume=args.resume,
         weights=args.weights, pretrained=args.pretrained, image_size=args.image_size, lr=args.lr,
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, protocol=args.protocol,
         weight_decay=args.weight_decay, num_workers=args.num_workers, alphas=args.alphas,

@@ -35,7 +35,8 @@ __all__ = ["INHERITED", "inherit_source", "load_endpoints", "read_source", "run_
 #: settings taken from the source's config.json when not given (a given value must equal the source's)
 INHERITED = ("backbone", "weights", "pretrained", "image_size", "feature_norm", "transforms", "selection", "fmow_val",
              "limit", "templates", "precision", "lr")
-#: settings with a command-line default that must equal the source's (they cannot be told apart from "not given")
+#: settings taken from the source when not given (the runner leaves them None under --wiseft-from), and that must
+#: equal the source's when given
 MATCHED = ("benchmark", "seed")
 #: taken over when not given, may differ when given (they do not change what is computed)
 BOOKKEEPING = ("eval_batch_size", "data_root")
@@ -104,7 +105,7 @@ def inherit_source(cfg: "RunConfig") -> tuple["RunConfig", list[str]]:
     inherited, bad = [], {}
     for k in (*MATCHED, *INHERITED, *BOOKKEEPING):
         mine, theirs = getattr(cfg, k), src.get(k)
-        if mine is None and k not in MATCHED:
+        if mine is None:
             if theirs is not None:
                 setattr(cfg, k, theirs)
                 inherited.append(k)
@@ -116,8 +117,7 @@ def inherit_source(cfg: "RunConfig") -> tuple["RunConfig", list[str]]:
     if bad:
         lines = "\n".join(f"  {k}: {a!r} here, {b!r} in the source" for k, (a, b) in bad.items())
         raise ValueError(f"--wiseft-from {cfg.wiseft_from}: the WiSE-FT run must use the source run's settings; "
-                         f"differing:\n{lines}\nLeave these options out to take the source's values (--benchmark and "
-                         f"--seed must be passed as the source's)")
+                         f"differing:\n{lines}\nLeave these options out to take the source's values")
     cfg.wiseft_source = _source_info(run_dir, src)
     return cfg, inherited
 

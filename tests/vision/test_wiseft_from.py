@@ -208,3 +208,24 @@ def test_settings_that_differ_from_the_source_are_clear_errors(ft_pair, tmp_path
     with pytest.raises(FileNotFoundError, match="init_head.pt"):
         main([*base[:-1], str(copy), "--run-id", "nohead"])
     assert not (tmp_path / "nohead" / "records.jsonl").exists()
+
+
+def test_seed_and_benchmark_are_taken_from_the_source(tmp_path):
+    from lpft.vision.run import build_parser, config_from_args
+    from lpft.vision.wiseft_from import inherit_source
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"method": "ft", "benchmark": "digits", "seed": 3,
+                                                 "backbone": "tiny_cnn", "run_id": "src"}))
+    (src / "records.jsonl").write_text("")
+    (src / "history.json").write_text(json.dumps({"selected_checkpoint": "ckpt/best.pt"}))
+    (src / "ckpt").mkdir()
+    (src / "ckpt" / "best.pt").write_bytes(b"")
+    cfg = config_from_args(build_parser().parse_args(["--method", "wiseft", "--wiseft-from", str(src)]))
+    assert cfg.seed is None and cfg.benchmark is None  # not given: left for the source to fill
+    full, inherited = inherit_source(cfg)
+    assert (full.seed, full.benchmark, full.backbone) == (3, "digits", "tiny_cnn")
+    assert {"seed", "benchmark", "backbone"} <= set(inherited)
+    plain = config_from_args(build_parser().parse_args(["--method", "ft"]))
+    assert (plain.seed, plain.benchmark) == (0, "digits")
