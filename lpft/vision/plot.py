@@ -26,31 +26,28 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
 from lpft.vision.io import atomic_path
 from lpft.vision.robustness import (  # noqa: F401  (effective_robustness re-exported for callers of the plots)
     Baseline, LogitLine, baseline_line, effective_robustness, fit_logit_line, load_baseline, logit, sigmoid,
 )
-from lpft.vision.table import (
-    Series,
-    per_seed,
-    aggregate,
-    build_series,
-    columns,
-    final_records,
-    load_records,
-    ood_splits,
-    select_lr,
+from lpft.vision.plotpanels import alpha_figure, distortion_figure, mean_ci
+from lpft.vision.plotstyle import (  # noqa: F401  (COLORS re-exported)
+    COLORS, REFERENCE, family_key, family_label, family_styles, fit_limits, legend_below, logit_ticks, place_labels,
 )
+from lpft.vision.table import Series, build_series, columns, load_records, ood_splits, per_seed, select_lr
 
-COLORS = {"zeroshot": "tab:gray", "lp": "tab:blue", "ft": "tab:red", "lpft": "tab:green", "wiseft": "tab:purple"}
-LOGIT_TICKS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+# COLORS (the methods' base colours) is re-exported: lpft.vision.lab.report draws with it
+LOGIT_TICKS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)  # kept for callers; see logit_ticks
 
 
 def save_figure(fig: Figure, stem: str | os.PathLike) -> list[Path]:
@@ -62,11 +59,6 @@ def save_figure(fig: Figure, stem: str | os.PathLike) -> list[Path]:
             fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
         out.append(path)
     return out
-
-
-def _mean_ci(vals: dict[int, float]):
-    a = aggregate(list(vals.values()))
-    return a.mean, (a.ci or 0.0)
 
 
 def _points(s: Series, lr, alpha, split: str, oods: Sequence[str]):
@@ -97,97 +89,185 @@ def fit_through_runs(group: Sequence[Series], split: str) -> LogitLine | None:
     return fit_logit_line(xs, ys, "runs")
 
 
-def _quantity(line: LogitLine, id_acc: float, ood_acc: float) -> str:
-    """Legend text for one point: effective robustness (baseline) or residual (fit through the runs)."""
-    name = "effective robustness" if line.source == "baseline" else "residual"
-    return f"{name} {100 * line.residual(id_acc, ood_acc):+.1f} pp"
-
-
 def _line_label(line: LogitLine) -> str:
     if line.source == "baseline":
         return f"baseline: logit-linear fit to {line.n} independent models"
     return f"logit-linear fit through these runs (n={line.n})"
 
 
-def _draw_scatter(ax, group: Sequence[Series], split: str, oods: Sequence[str], logit_axes: bool,
-                  baseline: Baseline | None = None) -> None:
-    line = None
+def _logit_clip(vals: Sequence[float]) -> tuple[float, float]:
+    """Where a logit axis draws 0% and 100% (it has neither): one step beyond the values strictly inside (0, 1),
+    so that a seed at 100% neither vanishes nor stretches the axis to 99.99%."""
+    inner = [v for v in vals if 0 < v < 1]
+    if not inner:
+        return 1e-4, 1 - 1e-4
+    z = logit(inner)
+    step = max(0.15 * float(z.max() - z.min()), 0.3)
+    return float(sigmoid(z.min() - step)), float(sigmoid(z.max() + step))
+
+
+def _panel_values(group: Sequence[Series], split: str, oods: Sequence[str], baseline: Baseline | None):
+    """Every ID and ``split`` accuracy the panel can show (all learning rates, alphas and seeds)."""
+    xs, ys = [], []
+    for s in group:
+        for lr in s.lrs:
+            for a in s.alphas(lr):
+                ix, ox = _points(s, lr, a, split, oods)
+                xs += list(ix.values())
+                ys += list(ox.values())
+    if baseline is not None:
+        xs += [p[1] for p in baseline.for_split(split)]
+        ys += [p[2] for p in baseline.for_split(split)]
+    return xs, ys
+
+
+@dataclass
+class _Panel:
+    """What one panel drew: every data point (for the limits), the marked points (means, WiSE-FT's alphas) that
+    labels must not cover, the alpha labels to place, and each family's residual on this panel's split."""
+
+    xs: list = field(default_factory=list)
+    ys: list = field(default_factory=list)
+    marks: list = field(default_factory=list)
+    labels: list = field(default_factory=list)
+    residual: dict = field(default_factory=dict)
+    families: set = field(default_factory=set)
+    clip: tuple = ((0.0, 1.0), (0.0, 1.0))  # (x, y): where accuracies are cut (logit axes: 0% and 100% drawn)
+    clipped: list = field(default_factory=lambda: [set(), set()])  # (x, y): "0%" / "100%" drawn at the clip
+
+
+def _draw_scatter(ax, group: Sequence[Series], styles: dict, split: str, oods: Sequence[str], logit_axes: bool,
+                  line: LogitLine | None, baseline: Baseline | None) -> _Panel:
+    out = _Panel()
     if logit_axes:
-        line = baseline_line(baseline, split) if baseline is not None else fit_through_runs(group, split)
+        out.clip = tuple(_logit_clip(v) for v in _panel_values(group, split, oods, baseline))
+    (xlo, xhi), (ylo, yhi) = out.clip
+
+    def add(xs, ys, ends=False):
+        if logit_axes and not ends:
+            for seen, vals in zip(out.clipped, (xs, ys)):
+                seen.update(("0%" if v <= 0 else "100%") for v in vals if not 0 < v < 1)
+        xs, ys = list(np.clip(xs, xlo, xhi)), list(np.clip(ys, ylo, yhi))
+        out.xs.extend(xs), out.ys.extend(ys)
+        return xs, ys
+
     for s in group:
         lr_sel, _ = select_lr(s)
-        color = COLORS.get(s.method, "black")
+        st = styles[family_key(s)]
         if s.method == "wiseft":
-            alphas = [a for a in s.alphas(lr_sel) if a is not None]
             xs, ys, shown = [], [], []
-            for a in alphas:
+            for a in (a for a in s.alphas(lr_sel) if a is not None):
                 ix, ox = _points(s, lr_sel, a, split, oods)
                 if ix:
-                    xs.append(statistics.fmean(ix.values()))
-                    ys.append(statistics.fmean(ox.values()))
+                    xs.append(statistics.fmean(ix.values())), ys.append(statistics.fmean(ox.values()))
                     shown.append(a)
             if xs:
-                ls = "--" if s.bn_stats == "interpolated" else "-"
-                label = f"{s.label} (α 0→1)"
+                xs, ys = add(xs, ys)
+                ax.plot(xs, ys, st.linestyle, color=st.color, marker=st.marker, ms=4)
+                out.families.add(family_key(s))
+                out.marks += list(zip(xs, ys))
+                out.labels += [(x, y, f"α={a:g}", st.color) for a, x, y in zip(shown, xs, ys) if a in (0.0, 0.5, 1.0)]
                 if line is not None and 0.5 in shown:
                     k = shown.index(0.5)
-                    label += f", α=0.5: {_quantity(line, xs[k], ys[k])}"
-                ax.plot(xs, ys, ls, color=color, marker=".", label=label)
-                for a, x, y in zip(shown, xs, ys):
-                    if a in (0.0, 0.5, 1.0):
-                        ax.annotate(f"α={a:g}", (x, y), textcoords="offset points", xytext=(4, -8), fontsize=7)
+                    out.residual[family_key(s)] = line.residual(xs[k], ys[k])
             continue
         for lr in s.lrs:  # runs at the other learning rates, faint
             if lr != lr_sel:
                 ix, ox = _points(s, lr, None, split, oods)
-                ax.scatter(list(ix.values()), list(ox.values()), s=8, color=color, alpha=0.25, linewidths=0)
+                if ix:
+                    ax.scatter(*add(list(ix.values()), list(ox.values())), s=10, marker=st.marker, color=st.color,
+                               alpha=0.25, linewidths=0)
         ix, ox = _points(s, lr_sel, None, split, oods)
         if not ix:
             continue
-        ax.scatter(list(ix.values()), list(ox.values()), s=10, color=color, alpha=0.4, linewidths=0)
-        (mx, cx), (my, cy) = _mean_ci(ix), _mean_ci(ox)
-        label = s.label + (f" ({_quantity(line, mx, my)})" if line is not None else "")
-        ax.errorbar([mx], [my], xerr=[cx], yerr=[cy], fmt="o", color=color, ms=6, capsize=2, label=label)
+        ax.scatter(*add(list(ix.values()), list(ox.values())), s=12, marker=st.marker, color=st.color, alpha=0.4,
+                   linewidths=0)
+        (mx, cx), (my, cy) = mean_ci(ix), mean_ci(ox)
+        # the 90% interval, cut at what an accuracy can be (and what the axis can show)
+        (x0, x1), (y0, y1) = add([mx - cx, mx + cx], [my - cy, my + cy], ends=True)
+        (mx,), (my,) = add([mx], [my])
+        ax.errorbar([mx], [my], xerr=[[mx - x0], [x1 - mx]], yerr=[[my - y0], [y1 - my]], fmt=st.marker,
+                    color=st.color, ms=6, capsize=2)
+        out.marks.append((mx, my))
+        out.families.add(family_key(s))
+        if line is not None:
+            out.residual[family_key(s)] = line.residual(mx, my)
+    if logit_axes and baseline is not None and baseline.for_split(split):
+        pts = baseline.for_split(split)
+        ax.scatter(*add([p[1] for p in pts], [p[2] for p in pts]), s=12, marker="x", color="0.45", linewidths=0.8)
+    return out
+
+
+def _finish_axes(ax, panel: _Panel, split: str, logit_axes: bool, line: LogitLine | None,
+                 baseline: Baseline | None, refs: dict) -> None:
+    """Limits around the panel's points, logit ticks, the guide lines (added to ``refs``: label -> handle)."""
     if logit_axes:
-        if baseline is not None and baseline.for_split(split):
-            pts = baseline.for_split(split)
-            ax.scatter([p[1] for p in pts], [p[2] for p in pts], s=12, marker="x", color="0.45", linewidths=0.8,
-                       label=f"baseline models ({len(pts)})")
-        for axis, setter in ((ax.xaxis, ax.set_xscale), (ax.yaxis, ax.set_yscale)):
-            setter("logit")
-            axis.set_major_locator(FixedLocator(LOGIT_TICKS))
-            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:g}%"))
+        ax.set_xscale("logit")
+        ax.set_yscale("logit")
+    lims = fit_limits(panel.xs, panel.ys, logit_axes)
+    if lims is not None:
+        ax.set_xlim(*lims[0])
+        ax.set_ylim(*lims[1])
+    if logit_axes:
+        for axis, lim in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+            axis.set_major_locator(FixedLocator(logit_ticks(*lim)))
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.4g}%"))
             axis.set_minor_locator(NullLocator())
             axis.set_minor_formatter(NullFormatter())
+        if baseline is not None and baseline.for_split(split):
+            n = len(baseline.for_split(split))
+            refs.setdefault(f"baseline models ({n})", Line2D([], [], ls="none", marker="x", color="0.45"))
         if line is not None:
-            lo, hi = (float(logit(v)) for v in ax.get_xlim())
-            grid = np.linspace(lo, hi, 50)
-            ax.plot(sigmoid(grid), sigmoid(line.slope * grid + line.intercept), ":", color="black", lw=1,
-                    label=_line_label(line))
+            grid = np.linspace(*(float(logit(v)) for v in ax.get_xlim()), 50)
+            (h,) = ax.plot(sigmoid(grid), sigmoid(line.slope * grid + line.intercept), ":", color="black", lw=1,
+                           gid=REFERENCE)
+            refs.setdefault(_line_label(line), h)
         if baseline is not None:
             ax.set_title("effective robustness vs independent baseline" if line is not None
                          else "no baseline models for this split", fontsize=8)
         else:
             ax.set_title("residual from a logit-linear fit through these runs\n(no independent baseline)",
                          fontsize=8)
-    else:
-        lo = min(ax.get_xlim() + ax.get_ylim())
-        hi = max(ax.get_xlim() + ax.get_ylim())
-        ax.plot([lo, hi], [lo, hi], color="0.8", lw=0.8, zorder=0)
-    ax.set_xlabel("ID accuracy (id_test)" + (", logit scale" if logit_axes else ""))
+    elif lims is not None:  # y = x where it crosses the shown square
+        lo, hi = max(lims[0][0], lims[1][0]), min(lims[0][1], lims[1][1])
+        if lo < hi:
+            ax.plot([lo, hi], [lo, hi], color="0.8", lw=0.8, zorder=0, gid=REFERENCE)
+    notes = []
+    for name, clipped, (lo, hi) in zip(("ID", "OOD"), panel.clipped, panel.clip):
+        for end, at in (("0%", f"{100 * lo:.3g}%"), ("100%", f"{100 * hi:.4g}%")):
+            if end in clipped:
+                notes.append(f"{name} {end} drawn at {at}")
+    ax.set_xlabel("ID accuracy (id_test)" + (", logit scale" if logit_axes else "")
+                  + ("\n" + "; ".join(notes) if notes else ""))
     ax.set_ylabel(f"OOD accuracy ({split})" + (", logit scale" if logit_axes else ""))
     ax.grid(alpha=0.3)
+
+
+def _legend_label(s: Series, group: Sequence[Series], residual: dict[str, float], name: str, n_panels: int) -> str:
+    """The family's label, plus its residual / effective robustness on each split (WiSE-FT: at alpha 0.5)."""
+    label = family_label(s, group) + (" (α 0→1)" if s.method == "wiseft" else "")
+    if not residual:
+        return label
+    if n_panels == 1:
+        body = f"{name} {100 * next(iter(residual.values())):+.1f} pp"
+    else:
+        body = f"{name}: " + ", ".join(f"{sp} {100 * v:+.1f}" for sp, v in residual.items()) + " pp"
+    return f"{label}, α=0.5: {body}" if s.method == "wiseft" else f"{label} ({body})"
 
 
 def scatter_figure(title: str, group: Sequence[Series], logit_axes: bool,
                    baseline: Baseline | None = None) -> Figure | None:
     """ID vs OOD accuracy, one panel per OOD column (``None`` without OOD columns).
 
+    Every family has its own colour and marker (:func:`lpft.vision.plotstyle.family_styles`); one legend under
+    the panels names them. Each panel's limits hold its points with a margin; WiSE-FT curves are labelled at
+    alpha 0, 0.5 and 1, placed off each other.
+
     Args:
         title: the figure's title.
         group: the families of one (benchmark, backbone) (:func:`lpft.vision.table.build_series`).
-        logit_axes: logit axes with a logit-linear line; each panel then has its own legend, since the
-            effective robustness / residual of a method differs per split.
+        logit_axes: logit axes with a logit-linear line per panel; the legend then gives each family's
+            effective robustness / residual per split.
         baseline: independent standard models; with it the line is theirs and the legend gives effective
             robustness, without it the line goes through the runs and the legend gives residuals.
     """
@@ -195,90 +275,41 @@ def scatter_figure(title: str, group: Sequence[Series], logit_axes: bool,
     panels = [c for c in columns(group) if c != "id_test"]
     if not panels:
         return None
-    fig = Figure(figsize=(4.2 * len(panels), 4.0 + (0.6 if logit_axes else 0.0)), layout="constrained")
+    styles = family_styles(group)
+    side = 4.2 if len(group) <= 8 else 5.2  # many families: larger panels
+    fig = Figure(figsize=(side * len(panels), side - 0.2 + (0.6 if logit_axes else 0.0)), layout="constrained")
+    FigureCanvasAgg(fig)  # a renderer to measure the alpha labels with
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    drawn: dict[tuple, dict[str, float]] = {}
+    refs: dict[str, Any] = {}
+    done: list[tuple[Any, _Panel]] = []
+    name = "effective robustness" if baseline is not None else "residual"
     for ax, split in zip(axes, panels):
-        _draw_scatter(ax, group, split, oods, logit_axes, baseline)
-    for ax in axes if logit_axes else axes[:1]:
-        ax.legend(fontsize=6 if logit_axes else 7, loc="best")
+        line = None
+        if logit_axes:
+            line = baseline_line(baseline, split) if baseline is not None else fit_through_runs(group, split)
+        panel = _draw_scatter(ax, group, styles, split, oods, logit_axes, line, baseline)
+        _finish_axes(ax, panel, split, logit_axes, line, baseline, refs)
+        for key, v in panel.residual.items():
+            drawn.setdefault(key, {})[split] = v
+        done.append((ax, panel))
+    handles, labels = [], []
+    plotted = {k for _, p in done for k in p.families}
+    for s in group:
+        key = family_key(s)
+        if key not in plotted:
+            continue
+        st = styles[key]
+        curve = s.method == "wiseft"
+        handles.append(Line2D([], [], color=st.color, marker=st.marker, ls=st.linestyle if curve else "none",
+                              ms=4 if curve else 6))
+        labels.append(_legend_label(s, group, drawn.get(key, {}), name, len(panels)))
+    legend_below(fig, handles + list(refs.values()), labels + list(refs), fontsize=7)
     fig.suptitle(title)
-    return fig
-
-
-def _alpha_figure(title: str, group: Sequence[Series]) -> Figure | None:
-    wise = [s for s in group if s.method == "wiseft"]
-    if not wise:
-        return None
-    oods = ood_splits(group)
-    fig = Figure(figsize=(5.0 * len(wise), 4.0), layout="constrained")
-    axes = fig.subplots(1, len(wise), squeeze=False)[0]
-    for ax, s in zip(axes, wise):
-        lr = select_lr(s)[0]
-        alphas = [a for a in s.alphas(lr) if a is not None]
-        for c in columns(group):
-            xs, ms, cs = [], [], []
-            for a in alphas:
-                v = per_seed(s, lr, a, c, oods)
-                if v:
-                    m, ci = _mean_ci(v)
-                    xs.append(a), ms.append(m), cs.append(ci)
-            if not xs:
-                continue
-            ms_a, cs_a = np.array(ms), np.array(cs)
-            style = "-" if c == "id_test" else ("--" if c == "ood_avg" else ":")
-            ax.plot(xs, ms_a, style, marker=".", label=c)
-            ax.fill_between(xs, ms_a - cs_a, ms_a + cs_a, alpha=0.15)
-        ax.axvline(0.5, color="0.7", lw=0.8)
-        ax.set_xlabel("α  (0 = θ₀, 1 = fine-tuned)")
-        ax.set_ylabel("accuracy")
-        ax.set_title(f"{s.label}, lr {lr:g}" if lr is not None else s.label, fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(title)
-    return fig
-
-
-def _distortion_figure(title: str, records: Sequence[dict[str, Any]], group: Sequence[Series]) -> Figure | None:
-    bench, bb = group[0].benchmark, group[0].backbone
-    selected = {s.method: select_lr(s)[0] for s in group if s.bn_stats is None}
-    metrics = [("feature_sq_change", "mean squared feature change"), ("feature_cosine", "mean cosine similarity")]
-    data: dict[str, dict[str, dict[str, dict[int, float]]]] = {}  # metric -> method -> split -> seed -> value
-    shifts: dict[str, str] = {}
-    for metric, _ in metrics:
-        for r in final_records(records, metric):
-            if r["benchmark"] != bench or r["backbone"] != bb or r["method"] not in ("ft", "lpft"):
-                continue
-            lr = r.get("lr")
-            if r["method"] in selected and lr != selected[r["method"]]:
-                continue  # only the model at the learning rate the table reports
-            per_split = data.setdefault(metric, {}).setdefault(r["method"], {})
-            per_split.setdefault(r["eval_split"], {})[r["seed"]] = r["value"]
-            shifts[r["eval_split"]] = r["shift"]
-    if not data:
-        return None
-    splits = sorted(shifts, key=lambda s: (shifts[s] != "id", s))
-    fig = Figure(figsize=(4.5 * len(data), 3.8), layout="constrained")
-    axes = fig.subplots(1, len(data), squeeze=False)[0]
-    for ax, (metric, label) in zip(axes, [m for m in metrics if m[0] in data]):
-        methods = [m for m in ("ft", "lpft") if m in data[metric]]
-        width = 0.8 / max(len(methods), 1)
-        for j, m in enumerate(methods):
-            xs, ms, cs = [], [], []
-            for i, sp in enumerate(splits):
-                v = data[metric][m].get(sp)
-                if v:
-                    mean, ci = _mean_ci(v)
-                    xs.append(i + (j - (len(methods) - 1) / 2) * width), ms.append(mean), cs.append(ci)
-            ax.bar(xs, ms, width, yerr=cs, capsize=2, color=COLORS[m], label=m)
-        ax.set_xticks(range(len(splits)))
-        ax.set_xticklabels([f"{s}\n({shifts[s].upper()})" for s in splits], fontsize=7)
-        ax.set_ylabel(label)
-        if metric == "feature_sq_change" and all(v > 0 for m in data[metric].values() for d in m.values()
-                                                 for v in d.values()):
-            ax.set_yscale("log")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(title)
+    fig.draw_without_rendering()  # constrained layout settles the axes before the labels are placed
+    renderer = fig.canvas.get_renderer()
+    for ax, panel in done:
+        place_labels(ax, panel.labels, renderer, avoid=panel.marks)
     return fig
 
 
@@ -317,8 +348,8 @@ def make_plots(records: Sequence[dict[str, Any]], out_dir: str | os.PathLike,
         figs = {
             "id_vs_ood": scatter_figure(title, group, logit_axes=False),
             logit_name: scatter_figure(title + " (logit axes)", group, logit_axes=True, baseline=baseline),
-            "acc_vs_alpha": _alpha_figure(title, group),
-            "feature_distortion": _distortion_figure(title, records, group),
+            "acc_vs_alpha": alpha_figure(title, group),
+            "feature_distortion": distortion_figure(title, records, group),
         }
         for name, fig in figs.items():
             if fig is not None:
