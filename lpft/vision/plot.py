@@ -16,6 +16,14 @@ For each (benchmark, backbone) found under the runs directory:
 * ``<bench>-<backbone>-acc_vs_alpha``: accuracy vs the WiSE-FT mixing coefficient;
 * ``<bench>-<backbone>-feature_distortion``: feature change from the pretrained backbone (mean squared
   change and cosine similarity) for FT vs LP-FT on ID and OOD splits (Kumar et al. 2022, Sec. 4.3).
+  (These two are drawn by :mod:`lpft.vision.plotpanels`.)
+
+A figure may hold many families (fine-tuning options, soups, WiSE-FT sources, BN statistics): each has its own
+colour and marker, a shade of its method's colour (:mod:`lpft.vision.plotstyle`), the same in every figure; the
+legend sits under the panels, never over data; the scatter panels' limits hold their points with a margin (the
+``y = x`` diagonal is drawn where it crosses them); WiSE-FT curves are labelled at alpha 0, 0.5 and 1 only,
+placed off each other. Logit axes have no 0% or 100%: such seeds are drawn just beyond the other points, and the
+axis label says where.
 
 ``python -m lpft.vision.plot --runs DIR --out DIR [--baseline CSV]`` writes them and prints the paths. The
 baseline CSV has columns ``model, id_acc, ood_acc`` and optionally ``ood_split`` (see :func:`load_baseline`).
@@ -41,13 +49,10 @@ from lpft.vision.robustness import (  # noqa: F401  (effective_robustness re-exp
     Baseline, LogitLine, baseline_line, effective_robustness, fit_logit_line, load_baseline, logit, sigmoid,
 )
 from lpft.vision.plotpanels import alpha_figure, distortion_figure, mean_ci
-from lpft.vision.plotstyle import (  # noqa: F401  (COLORS re-exported)
+from lpft.vision.plotstyle import (  # noqa: F401  (COLORS re-exported: lpft.vision.lab.report draws with it)
     COLORS, REFERENCE, family_key, family_label, family_styles, fit_limits, legend_below, logit_ticks, place_labels,
 )
 from lpft.vision.table import Series, build_series, columns, load_records, ood_splits, per_seed, select_lr
-
-# COLORS (the methods' base colours) is re-exported: lpft.vision.lab.report draws with it
-LOGIT_TICKS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)  # kept for callers; see logit_ticks
 
 
 def save_figure(fig: Figure, stem: str | os.PathLike) -> list[Path]:
@@ -162,14 +167,14 @@ def _draw_scatter(ax, group: Sequence[Series], styles: dict, split: str, oods: S
                     xs.append(statistics.fmean(ix.values())), ys.append(statistics.fmean(ox.values()))
                     shown.append(a)
             if xs:
+                if line is not None and 0.5 in shown:  # from the accuracies, not from where they are drawn
+                    k = shown.index(0.5)
+                    out.residual[family_key(s)] = line.residual(xs[k], ys[k])
                 xs, ys = add(xs, ys)
                 ax.plot(xs, ys, st.linestyle, color=st.color, marker=st.marker, ms=4)
                 out.families.add(family_key(s))
                 out.marks += list(zip(xs, ys))
                 out.labels += [(x, y, f"α={a:g}", st.color) for a, x, y in zip(shown, xs, ys) if a in (0.0, 0.5, 1.0)]
-                if line is not None and 0.5 in shown:
-                    k = shown.index(0.5)
-                    out.residual[family_key(s)] = line.residual(xs[k], ys[k])
             continue
         for lr in s.lrs:  # runs at the other learning rates, faint
             if lr != lr_sel:
@@ -183,6 +188,8 @@ def _draw_scatter(ax, group: Sequence[Series], styles: dict, split: str, oods: S
         ax.scatter(*add(list(ix.values()), list(ox.values())), s=12, marker=st.marker, color=st.color, alpha=0.4,
                    linewidths=0)
         (mx, cx), (my, cy) = mean_ci(ix), mean_ci(ox)
+        if line is not None:
+            out.residual[family_key(s)] = line.residual(mx, my)
         # the 90% interval, cut at what an accuracy can be (and what the axis can show)
         (x0, x1), (y0, y1) = add([mx - cx, mx + cx], [my - cy, my + cy], ends=True)
         (mx,), (my,) = add([mx], [my])
@@ -190,8 +197,6 @@ def _draw_scatter(ax, group: Sequence[Series], styles: dict, split: str, oods: S
                     color=st.color, ms=6, capsize=2)
         out.marks.append((mx, my))
         out.families.add(family_key(s))
-        if line is not None:
-            out.residual[family_key(s)] = line.residual(mx, my)
     if logit_axes and baseline is not None and baseline.for_split(split):
         pts = baseline.for_split(split)
         ax.scatter(*add([p[1] for p in pts], [p[2] for p in pts]), s=12, marker="x", color="0.45", linewidths=0.8)
@@ -280,7 +285,7 @@ def scatter_figure(title: str, group: Sequence[Series], logit_axes: bool,
     fig = Figure(figsize=(side * len(panels), side - 0.2 + (0.6 if logit_axes else 0.0)), layout="constrained")
     FigureCanvasAgg(fig)  # a renderer to measure the alpha labels with
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    drawn: dict[tuple, dict[str, float]] = {}
+    residuals: dict[tuple, dict[str, float]] = {}  # family -> split -> residual / effective robustness
     refs: dict[str, Any] = {}
     done: list[tuple[Any, _Panel]] = []
     name = "effective robustness" if baseline is not None else "residual"
@@ -291,7 +296,7 @@ def scatter_figure(title: str, group: Sequence[Series], logit_axes: bool,
         panel = _draw_scatter(ax, group, styles, split, oods, logit_axes, line, baseline)
         _finish_axes(ax, panel, split, logit_axes, line, baseline, refs)
         for key, v in panel.residual.items():
-            drawn.setdefault(key, {})[split] = v
+            residuals.setdefault(key, {})[split] = v
         done.append((ax, panel))
     handles, labels = [], []
     plotted = {k for _, p in done for k in p.families}
@@ -303,7 +308,7 @@ def scatter_figure(title: str, group: Sequence[Series], logit_axes: bool,
         curve = s.method == "wiseft"
         handles.append(Line2D([], [], color=st.color, marker=st.marker, ls=st.linestyle if curve else "none",
                               ms=4 if curve else 6))
-        labels.append(_legend_label(s, group, drawn.get(key, {}), name, len(panels)))
+        labels.append(_legend_label(s, group, residuals.get(key, {}), name, len(panels)))
     legend_below(fig, handles + list(refs.values()), labels + list(refs), fontsize=7)
     fig.suptitle(title)
     fig.draw_without_rendering()  # constrained layout settles the axes before the labels are placed
