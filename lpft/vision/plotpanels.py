@@ -87,7 +87,7 @@ def _distortion_data(records: Sequence[dict[str, Any]], group: Sequence[Series],
     for r in final_records(records, metric):
         if r["benchmark"] != bench or r["backbone"] != bb or r["method"] not in DISTORTION_METHODS:
             continue
-        key = _family_key(r)
+        key = family_key(Series(*_family_key(r)))  # the family build_series puts the record in
         if key not in selected or r.get("lr") != selected[key]:
             continue  # only the model at the learning rate the table reports (a family without accuracy has none)
         data.setdefault(key, {}).setdefault(r["eval_split"], {})[r["seed"]] = r["value"]

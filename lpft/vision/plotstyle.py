@@ -180,20 +180,24 @@ _TICK_LEVELS = (
 
 def logit_ticks(lo: float, hi: float, most: int = 7) -> list[float]:
     """Tick positions (accuracies) for a logit axis from ``lo`` to ``hi``: round values (coarse ones first, finer
-    ones only where fewer than 3 coarse values fall inside) at least ``1/most`` of the span apart in logit space,
+    ones only where fewer than 4 coarse values fall inside) at least ``1/most`` of the span apart in logit space,
     so that their labels never overlap; failing that, 3 evenly spaced values rounded to 2 significant digits of
     the error (``1 - acc`` above 50%; more digits where 2 do not tell them apart)."""
     llo, lhi = float(_logit(lo)), float(_logit(hi))
     gap = (lhi - llo) / most
     pool: set[float] = set()
+    best: list[float] = []
     for level in _TICK_LEVELS:
         pool |= set(level)
         ticks: list[float] = []
         for v in sorted(pool):
             if lo <= v <= hi and (not ticks or float(_logit(v) - _logit(ticks[-1])) >= gap):
                 ticks.append(v)
-        if len(ticks) >= 3:
+        if len(ticks) >= 4:
             return ticks
+        best = max(best, ticks, key=len)
+    if len(best) >= 3:
+        return best
     for digits in (2, 3, 4, 6):
         out = set()
         for z in np.linspace(llo, lhi, 5)[1:-1]:
