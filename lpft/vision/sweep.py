@@ -36,13 +36,15 @@ FT_GRID_IMAGENET = (1e-4, 3e-4, 1e-3)
 LPFT_GRID_IMAGENET = (1e-5, 3e-5, 1e-4)
 # WiSE-FT fine-tunes zero-shot CLIP with one learning rate, 3e-5 (Wortsman et al. 2022, Sec. 3; docs/protocols.md).
 WISEFT_CLIP_LR = (3e-5,)
+# FLYP's release runs every benchmark at one learning rate, 1e-5 (locuslab/FLYP README.md:34, 45, 54; docs/methods.md)
+FLYP_LR = (1e-5,)
 
 PAPER_LR_GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
     "default": {"ft": FT_GRID, "lpft": LPFT_GRID, "wiseft": FT_GRID},
     "imagenet": {"ft": FT_GRID_IMAGENET, "lpft": LPFT_GRID_IMAGENET, "wiseft": FT_GRID_IMAGENET},
 }
 NO_LR_METHODS = ("lp", "zeroshot")
-ALL_METHODS = ("lp", "ft", "lpft", "wiseft", "zeroshot")
+ALL_METHODS = ("lp", "ft", "lpft", "wiseft", "zeroshot", "flyp")
 # flags the sweep sets itself; passing them through would make run ids and records disagree
 _OWN_FLAGS = ("--method", "--benchmark", "--backbone", "--seed", "--lr", "--out", "--run-id")
 
@@ -59,6 +61,8 @@ def paper_lr_grid(method: str, benchmark: str, backbone: str) -> tuple[float | N
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(ALL_METHODS)}")
     if method == "wiseft" and backbone.startswith("clip_"):
         return WISEFT_CLIP_LR
+    if method == "flyp":
+        return FLYP_LR
     table = PAPER_LR_GRIDS["imagenet" if benchmark == "imagenet" else "default"]
     return table[method]
 
@@ -199,7 +203,7 @@ def plan_sweep(
     Args:
         benchmark: registered benchmark name.
         backbone: registered backbone name (it is part of every run id).
-        methods: subset of ``lp, ft, lpft, wiseft, zeroshot``.
+        methods: subset of ``lp, ft, lpft, wiseft, zeroshot, flyp``.
         seeds: seeds to replicate every configuration with (LP-FT: 0, 1, 2).
         out: runs directory.
         lrs: ``"paper"`` (each method's grid, :func:`paper_lr_grid`), ``"preset"`` (the runner's preset

@@ -246,3 +246,12 @@ def test_real_sweep_refuses_another_limit_or_epochs(tmp_path, capsys):
     again = main([*SMOKE, "--out", out, "--limit", "40", "--epochs", "1"])  # the same sweep: all complete
     assert sorted(again["skipped"]) == sorted(before) and not again["done"]
     assert {r.run_id: (r.records_path.stat().st_mtime_ns, _acc_records(r.run_dir)) for r in plan} == before
+
+
+def test_flyp_is_planned_with_its_release_learning_rate():
+    from lpft.vision.sweep import paper_lr_grid, plan_sweep
+
+    assert paper_lr_grid("flyp", "imagenet", "clip_vit_b16") == (1e-5,)
+    runs = plan_sweep("digits", "tiny_clip", ["flyp"], [0, 1], "/tmp/never-written", "paper", [])
+    assert [(r.method, r.lr, r.seed) for r in runs] == [("flyp", 1e-5, 0), ("flyp", 1e-5, 1)]
+    assert all("--method flyp" in " ".join(r.launch_argv()) for r in runs)
