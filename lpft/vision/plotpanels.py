@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from lpft.vision.plotstyle import family_key, family_label, family_styles, legend_below, wrap_label
-from lpft.vision.table import Series, _family_key, aggregate, columns, final_records, ood_splits, per_seed, select_lr
+from lpft.vision.table import Series, record_family, aggregate, columns, final_records, ood_splits, per_seed, select_lr
 
 __all__ = ["alpha_figure", "distortion_figure", "mean_ci"]
 
@@ -87,7 +87,7 @@ def _distortion_data(records: Sequence[dict[str, Any]], group: Sequence[Series],
     for r in final_records(records, metric):
         if r["benchmark"] != bench or r["backbone"] != bb or r["method"] not in DISTORTION_METHODS:
             continue
-        key = family_key(Series(*_family_key(r)))  # the family build_series puts the record in
+        key = family_key(Series(*record_family(r)))  # the family build_series puts the record in
         if key not in selected or r.get("lr") != selected[key]:
             continue  # only the model at the learning rate the table reports (a family without accuracy has none)
         data.setdefault(key, {}).setdefault(r["eval_split"], {})[r["seed"]] = r["value"]

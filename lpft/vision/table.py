@@ -182,7 +182,8 @@ def check_cell_configs(series: Iterable[Series]) -> None:
             s.notes += [n for n in seen[key] if n not in s.notes]
 
 
-def _family_key(r: dict[str, Any]) -> tuple:
+def record_family(r: dict[str, Any]) -> tuple:
+    """The family key of a record: the fields of :class:`Series` before its values (what a table row pools)."""
     return (r["benchmark"], r["backbone"], r["method"], r.get("bn_stats"), *variant_of(r),
             r.get("variant") if r["method"] == "soup" else None,  # --wiseft-from runs: "from <source method>"
             f"from {r['wiseft_source']}" if r.get("wiseft_source") else r.get("options"))
@@ -207,7 +208,7 @@ def build_series(records: Iterable[dict[str, Any]], metric: str = "acc") -> dict
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     for r in final_records(records):
-        key = _family_key(r)
+        key = record_family(r)
         s = fams.setdefault(key, Series(*key))
         cell = _cell_key(r)
         lr, alpha = cell[0], cell[1]
@@ -230,7 +231,7 @@ def build_series(records: Iterable[dict[str, Any]], metric: str = "acc") -> dict
         for s in fams.values():
             s.shown = defaultdict(dict)
         for r in final_records(records, metric):
-            if (s := fams.get(_family_key(r))) is not None:
+            if (s := fams.get(record_family(r))) is not None:
                 s.shown[_cell_key(r)][r["seed"]] = r["value"]
     check_cell_configs(fams.values())
     groups: dict[tuple[str, str], list[Series]] = defaultdict(list)
