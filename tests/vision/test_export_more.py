@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from lpft.vision.backbones import Classifier, create_backbone  # noqa: E402
+from lpft.vision.backbones import Classifier  # noqa: E402
 from lpft.vision.backbones.tiny import TINY_CLIP_ARCH  # noqa: E402
 from lpft.vision.export import export_run, load_run_model, main  # noqa: E402
 from lpft.vision.export_sources import check_variant, run_config  # noqa: E402
@@ -23,6 +23,8 @@ from lpft.vision.flyp import FlypModel  # noqa: E402
 from lpft.vision.records import read_records  # noqa: E402
 from lpft.vision.run import main as run_main  # noqa: E402
 from lpft.vision.soup import load_soup_model, make_soup  # noqa: E402
+from tests.vision.test_export import _cfg, _pretrained  # noqa: E402  (the same rebuild as the base exports)
+from tests.vision.test_export import _ckpt_state as _selected  # noqa: E402
 
 SMALL = ["--quiet", "--limit", "16", "--batch-size", "16", "--epochs", "1", "--no-distortion", "--benchmark", "digits",
          "--backbone", "tiny_clip"]
@@ -51,24 +53,6 @@ def flyp(tmp_path_factory):
     root = tmp_path_factory.mktemp("flyp")
     src = run_main([*SMALL, "--method", "flyp", "--lr", "1e-3", "--out", str(root / "runs")])
     return src, _wiseft_from(src, root / "wf")
-
-
-def _cfg(run_dir: Path) -> dict:
-    return json.loads((run_dir / "config.json").read_text())
-
-
-def _pretrained(cfg: dict):
-    """The run's pretrained backbone, built here as lpft.vision.run builds it (seeded, same options)."""
-    torch.manual_seed(cfg["seed"])
-    bb = create_backbone(cfg["backbone"], weights=cfg["weights"], pretrained=cfg["pretrained"],
-                         image_size=cfg["image_size"], augment=False, feature_norm=cfg["feature_norm"])
-    assert bb.weights_id == cfg["backbone_weights_id"]
-    return bb.eval()
-
-
-def _selected(run_dir: Path) -> dict:
-    rel = json.loads((run_dir / "history.json").read_text())["selected_checkpoint"]
-    return torch.load(run_dir / rel, map_location="cpu", weights_only=True)["model"]
 
 
 def _flyp_model(cfg: dict, state: dict | None = None) -> FlypModel:
