@@ -10,7 +10,7 @@ Wortsman et al. 2022, Eq. 1, ``theta_alpha = (1 - alpha) theta_0 + alpha theta_1
   its own interpolated text tower (:class:`lpft.vision.flyp.FlypModel`).
 
 Nothing trains. The run takes over the source's model and data settings (:data:`INHERITED`, where not given; a given
-value that differs is an error, as is another ``--benchmark`` or ``--seed``); its learning rate is the source's, so
+value that differs is an error, ``--benchmark`` and ``--seed`` included); its learning rate is the source's, so
 tables choose among sources by their ID validation accuracy (alpha = 1). Records carry ``wiseft_source`` (the
 source's method and options), so tables keep these runs apart from plain WiSE-FT; ``config.json`` carries
 ``wiseft_source`` (the source's directory, run id, ``config.json`` sha256 and seedless recipe digest). The default run
@@ -32,12 +32,10 @@ if TYPE_CHECKING:
 
 __all__ = ["INHERITED", "inherit_source", "load_endpoints", "read_source", "run_wiseft_from", "source_label"]
 
-#: settings taken from the source's config.json when not given (a given value must equal the source's)
-INHERITED = ("backbone", "weights", "pretrained", "image_size", "feature_norm", "transforms", "selection", "fmow_val",
-             "limit", "templates", "precision", "lr")
-#: settings taken from the source when not given (the runner leaves them None under --wiseft-from), and that must
-#: equal the source's when given
-MATCHED = ("benchmark", "seed")
+#: settings taken from the source's config.json when not given (a given value must equal the source's); the runner
+#: leaves ``benchmark`` and ``seed`` None under --wiseft-from so that they are inherited too
+INHERITED = ("benchmark", "seed", "backbone", "weights", "pretrained", "image_size", "feature_norm", "transforms",
+             "selection", "fmow_val", "limit", "templates", "precision", "lr")
 #: taken over when not given, may differ when given (they do not change what is computed)
 BOOKKEEPING = ("eval_batch_size", "data_root")
 
@@ -103,7 +101,7 @@ def inherit_source(cfg: "RunConfig") -> tuple["RunConfig", list[str]]:
     run_dir, src = read_source(cfg.wiseft_from)
     cfg = dataclasses.replace(cfg)
     inherited, bad = [], {}
-    for k in (*MATCHED, *INHERITED, *BOOKKEEPING):
+    for k in (*INHERITED, *BOOKKEEPING):
         mine, theirs = getattr(cfg, k), src.get(k)
         if mine is None:
             if theirs is not None:
